@@ -1,0 +1,82 @@
+/* A call: one HTTP request as an endpoint handler sees it. The HTTP layer has already routed it, checked the body
+ * limit, parsed the JSON body and resolved the access token; the handler validates, issues one DB job and answers.
+ *
+ * Lifetime: the call lives in the request's memory pool. If the client goes away while a DB job is in flight, the
+ * pool's dispose cancels the job and the handler's callback never runs. */
+#ifndef MXKEYS_CALL_H
+#define MXKEYS_CALL_H
+
+#include <jansson.h>
+#include <stdarg.h>
+#include "mxkeys/buf.h"
+#include "mxkeys/db.h"
+#include "mxkeys/errors.h"
+#include "mxkeys/router.h"
+#include "mxkeys/server.h"
+
+typedef struct st_mx_call_t mx_call_t;
+/** DB completion for a call: only runs while the client is still there and the database answered. */
+typedef void (*mx_call_db_cb)(mx_call_t *call, PGresult **results, size_t nresults);
+
+struct st_mx_call_t {
+    h2o_req_t *req;
+    mx_worker_t *worker;
+    const mx_config_t *config;
+    const mx_route_t *route;
+    size_t route_index;
+    const char *params[MX_ROUTE_MAX_PARAMS]; /* percent-decoded path captures, NUL-terminated, pool memory */
+    size_t nparams;
+    json_t *body;           /* the parsed JSON object, or NULL (MX_BODY_NONE / empty optional body) */
+    const char *user_id;    /* authenticated user (MX_ROUTE_USER), pool memory */
+    const char *device_id;  /* device of the access token; may be "" when the homeserver reports none */
+    void *data;             /* handler's own state (allocate with mx_call_alloc) */
+    /* private */
+    mx_db_job_t *_job;
+    mx_call_db_cb _db_cb;
+    struct st_mx_call_auth_t *_auth;
+    uint64_t _started_ns;
+    int _status;
+};
+
+/** Request-lifetime memory. */
+void *mx_call_alloc(mx_call_t *call, size_t size);
+/** Request-lifetime copy of a string. */
+char *mx_call_strdup(mx_call_t *call, const char *s, size_t len);
+/** A buffer freed with the request: build response bodies here. */
+mx_buf_t *mx_call_buf(mx_call_t *call);
+/** The percent-decoded value of query parameter `name`, or NULL when absent (first occurrence wins). */
+const char *mx_call_query(mx_call_t *call, const char *name);
+
+/** Answers with a JSON body. The bytes must outlive the call: pool memory, an mx_call_buf, or static. */
+void mx_call_respond(mx_call_t *call, int status, const char *json, size_t len);
+/** Answers with the contents of a buffer from mx_call_buf. */
+void mx_call_respond_buf(mx_call_t *call, int status, mx_buf_t *buf);
+/** Answers with a Matrix error from the table; the message is printf-formatted. */
+void mx_call_error(mx_call_t *call, mx_err_t err, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+/**
+ * Answers with a Matrix error carrying extra members: `extra` is JSON object members without braces, e.g.
+ * "\"current_version\":\"3\"" (the caller escapes them).
+ */
+void mx_call_error_extra(mx_call_t *call, mx_err_t err, const char *extra, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/** Answers with an error whose status/errcode are not in the table (e.g. 401 UIA bodies): raw JSON body. */
+void mx_call_respond_status(mx_call_t *call, int status, const char *json, size_t len);
+
+/**
+ * Submits a DB job for the call. On success returns 0 and `cb` runs with the results. When the pool is busy or down
+ * (now or before the results arrive) the call is answered with 503 here and `cb` never runs; returns -1 if answered now.
+ */
+int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
+/**
+ * Answers for a failed statement result: an MXERR raised by our SQL functions becomes the Matrix error it names;
+ * a serialization failure or deadlock becomes 503 (retry); anything else is logged and answered 500.
+ */
+void mx_call_db_error(mx_call_t *call, const PGresult *res);
+/** True when `res` is a successful (TUPLES_OK / COMMAND_OK) result. */
+int mx_db_result_ok(const PGresult *res);
+
+/** The handler table the HTTP layer routes to (src/api/routes.c). */
+extern const mx_route_t mx_routes[];
+extern const size_t mx_nroutes;
+
+#endif

@@ -1,0 +1,26 @@
+/* Every SQL statement the server prepares, by id. Each endpoint family keeps its statements in its own .def file
+ * (include/mxkeys/sql/), so families grow without touching each other. */
+#ifndef MXKEYS_DB_STATEMENTS_H
+#define MXKEYS_DB_STATEMENTS_H
+
+#include <stddef.h>
+
+typedef enum en_mx_stmt_id_t {
+#define MX_STMT(id, sql) MX_STMT_##id,
+#include "mxkeys/sql/core.def"
+#include "mxkeys/sql/keys.def"
+#include "mxkeys/sql/cross_signing.def"
+#include "mxkeys/sql/room_keys.def"
+#undef MX_STMT
+    MX_STMT__COUNT
+} mx_stmt_id_t;
+
+typedef struct st_mx_stmt_def_t {
+    const char *name; /* prepared statement name */
+    const char *sql;
+} mx_stmt_def_t;
+
+/** The statement table, indexed by mx_stmt_id_t. */
+extern const mx_stmt_def_t mx_stmt_defs[MX_STMT__COUNT];
+
+#endif

@@ -1,0 +1,48 @@
+/* The HTTP server: one shared listening socket, N worker threads each owning an h2o loop, context, DB pool, auth cache
+ * and metrics. Nothing is shared between workers on the request path except the read-only config. */
+#ifndef MXKEYS_SERVER_H
+#define MXKEYS_SERVER_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include "mxkeys/config.h"
+
+struct st_mx_db_pool_t;
+struct st_mx_auth_t;
+struct st_mx_metrics_t;
+
+typedef struct st_mx_worker_t {
+    unsigned index;
+    struct st_mx_server_t *server;
+    pthread_t thread;
+    h2o_evloop_t *loop;
+    h2o_context_t ctx;
+    h2o_accept_ctx_t accept_ctx;
+    h2o_socket_t *listener;
+    struct st_mx_db_pool_t *db;
+    struct st_mx_auth_t *auth;
+    struct st_mx_metrics_t *metrics;
+    size_t inflight; /* requests accepted by the router and not yet answered */
+} mx_worker_t;
+
+typedef struct st_mx_server_t {
+    const mx_config_t *config;
+    const char *conninfo; /* database the workers connect to */
+    h2o_globalconf_t h2o;
+    int listen_fd;
+    mx_worker_t *workers;
+    unsigned nworkers;
+    atomic_bool stopping;
+} mx_server_t;
+
+/** Binds the listening socket (so a bad --listen fails before anything starts). Returns 0 or -1 with a reason. */
+int mx_server_listen(mx_server_t *server, const mx_config_t *config, char *err, size_t errlen)
+    __attribute__((warn_unused_result));
+/** Starts the workers and runs until mx_server_stop; in-flight requests are drained before it returns. */
+int mx_server_run(mx_server_t *server, const char *conninfo) __attribute__((warn_unused_result));
+/** Async-signal-safe: asks every worker to stop accepting and drain. */
+void mx_server_stop(mx_server_t *server);
+
+#endif

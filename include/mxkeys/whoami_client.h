@@ -1,0 +1,32 @@
+/* Outbound HTTP client for the homeserver's GET /_matrix/client/v3/account/whoami, on the worker's own loop. */
+#ifndef MXKEYS_WHOAMI_CLIENT_H
+#define MXKEYS_WHOAMI_CLIENT_H
+
+#define H2O_USE_LIBUV 0
+#include <h2o.h>
+
+typedef struct st_mx_whoami_client_t mx_whoami_client_t;
+typedef struct st_mx_whoami_req_t mx_whoami_req_t;
+
+typedef enum en_mx_whoami_status_t {
+    MX_WHOAMI_OK,
+    MX_WHOAMI_UNKNOWN_TOKEN, /* the homeserver said 401 (or 403 M_UNKNOWN_TOKEN-ish): token is bad */
+    MX_WHOAMI_UNAVAILABLE,   /* connect failure, timeout, 5xx, unparsable answer */
+} mx_whoami_status_t;
+
+/** user_id/device_id valid only during the call; device_id may be NULL (appservice users). */
+typedef void (*mx_whoami_cb)(void *data, mx_whoami_status_t status, const char *user_id, const char *device_id);
+
+/**
+ * Creates a client for `homeserver_url` ("http://host:port", optional path prefix). Returns NULL with a reason
+ * when the URL is not usable (https is refused: put the homeserver's plain-HTTP listener or a local proxy there).
+ */
+mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms,
+                                         char *err, size_t errlen);
+void mx_whoami_client_free(mx_whoami_client_t *client);
+/** Starts a look-up; `cb` runs exactly once (later, never synchronously) unless cancelled. */
+mx_whoami_req_t *mx_whoami_lookup(mx_whoami_client_t *client, const char *token, size_t len, mx_whoami_cb cb,
+                                  void *data);
+void mx_whoami_cancel(mx_whoami_req_t *req);
+
+#endif
