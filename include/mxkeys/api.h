@@ -1,0 +1,42 @@
+/* Endpoint handlers, one file per endpoint family in src/api/. Each reads like its spec section: parse -> validate
+ * -> authorise -> one database round trip -> respond. The route table is src/api/routes.c. */
+#ifndef MXKEYS_API_H
+#define MXKEYS_API_H
+
+#include "mxkeys/call.h"
+
+/* ops.c: process and database health, Prometheus metrics */
+void mx_api_health(mx_call_t *call);
+void mx_api_ready(mx_call_t *call);
+void mx_api_metrics(mx_call_t *call);
+/* account.c: GET /account/whoami answered from the access token */
+void mx_api_whoami(mx_call_t *call);
+
+/* keys_*.c: device, one-time and fallback keys */
+void mx_api_keys_upload(mx_call_t *call);
+void mx_api_keys_query(mx_call_t *call);
+void mx_api_keys_claim(mx_call_t *call);
+void mx_api_keys_changes(mx_call_t *call);
+void mx_api_stream_position(mx_call_t *call);
+
+/* cross_signing.c */
+void mx_api_device_signing_upload(mx_call_t *call);
+void mx_api_signatures_upload(mx_call_t *call);
+
+/* room_keys_versions.c */
+void mx_api_backup_version_create(mx_call_t *call);
+void mx_api_backup_version_get_current(mx_call_t *call);
+void mx_api_backup_version_get(mx_call_t *call);
+void mx_api_backup_version_update(mx_call_t *call);
+void mx_api_backup_version_delete(mx_call_t *call);
+/* room_keys_sessions.c: the three levels (all rooms, one room, one session) of PUT/GET/DELETE */
+void mx_api_backup_keys_put(mx_call_t *call);
+void mx_api_backup_keys_get(mx_call_t *call);
+void mx_api_backup_keys_delete(mx_call_t *call);
+
+/* admin.c: homeserver integration, admin token */
+void mx_api_admin_delete_device(mx_call_t *call);
+void mx_api_admin_delete_user(mx_call_t *call);
+void mx_api_admin_allow_xsign_replacement(mx_call_t *call);
+
+#endif
