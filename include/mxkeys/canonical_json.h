@@ -10,6 +10,10 @@
 /** Limits of the integers canonical JSON allows. */
 #define MX_JSON_MAX_SAFE_INT 9007199254740991LL
 
+/** Appends `s` (UTF-8, `len` bytes) escaped as the body of a JSON string, without quotes, exactly as canonical JSON
+ * escapes it: `"` and `\\` and control characters only, shortest form, lowercase hex; everything else verbatim. */
+void mx_json_escape(mx_buf_t *out, const char *s, size_t len);
+
 /**
  * Parses request text strictly: duplicate keys, invalid UTF-8, NUL in strings and trailing garbage are refused.
  * Returns a new reference or NULL with a one-line reason in `why` (at least 160 bytes).

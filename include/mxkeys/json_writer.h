@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "mxkeys/buf.h"
+#include "mxkeys/canonical_json.h" /* mx_json_escape */
 
 #define MX_JW_MAX_DEPTH 32
 
@@ -32,7 +33,5 @@ void mx_jw_bool(mx_jw_t *jw, bool v);
 void mx_jw_null(mx_jw_t *jw);
 /** Splices an already-encoded JSON value (e.g. stored signed JSON text) as the next value. */
 void mx_jw_raw(mx_jw_t *jw, const char *json, size_t len);
-/** Appends `s` escaped as the body of a JSON string (no quotes). */
-void mx_json_escape(mx_buf_t *out, const char *s, size_t len);
 
 #endif
