@@ -61,6 +61,8 @@ void mx_call_error_extra(mx_call_t *call, mx_err_t err, const char *extra, const
     __attribute__((format(printf, 4, 5)));
 /** Answers with an error whose status/errcode are not in the table (e.g. 401 UIA bodies): raw JSON body. */
 void mx_call_respond_status(mx_call_t *call, int status, const char *json, size_t len);
+/** Answers with a non-JSON body of the given media type (e.g. Prometheus text). */
+void mx_call_respond_typed(mx_call_t *call, int status, const char *content_type, const char *body, size_t len);
 
 /**
  * Submits a DB job for the call. On success returns 0 and `cb` runs with the results. When the pool is busy or down

@@ -1,1 +1,32 @@
-/* not written yet */
+/* Operations endpoints: liveness, readiness (the database answers), Prometheus metrics. */
+#include "mxkeys/api.h"
+#include "mxkeys/metrics.h"
+
+void mx_api_health(mx_call_t *call)
+{
+    static const char body[] = "{\"status\":\"ok\"}";
+    mx_call_respond(call, 200, body, sizeof(body) - 1);
+}
+
+static void on_ping(mx_call_t *call, PGresult **results, size_t n)
+{
+    static const char ok[] = "{\"status\":\"ready\"}";
+    if (n == 1 && mx_db_result_ok(results[0]))
+        mx_call_respond(call, 200, ok, sizeof(ok) - 1);
+    else
+        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database did not answer");
+}
+
+void mx_api_ready(mx_call_t *call)
+{
+    /* A real round trip, not just the pool's connection state: a wedged server must read as not ready. */
+    mx_db_stmt_t ping = {.id = MX_STMT_PING};
+    (void)mx_call_db(call, &ping, 1, on_ping);
+}
+
+void mx_api_metrics(mx_call_t *call)
+{
+    mx_buf_t *buf = mx_call_buf(call);
+    mx_metrics_render(call->worker->server, buf);
+    mx_call_respond_typed(call, 200, "text/plain; version=0.0.4", buf->data, buf->len);
+}

@@ -1,8 +1,14 @@
 /* The route table: every endpoint mxkeys serves. Client routes answer under /_matrix/client/{r0,v3,unstable}. */
 #include "mxkeys/api.h"
 
-#define CLIENT(m, p, auth, body, fn) {MX_METHOD_##m, MX_SCOPE_CLIENT, p, auth, body, fn, #m " " p}
-#define ROOT(m, p, auth, body, fn) {MX_METHOD_##m, MX_SCOPE_ROOT, p, auth, body, fn, #m " " p}
+#define CLIENT(m, p, auth, body, fn)                                                                                   \
+    {                                                                                                                  \
+        MX_METHOD_##m, MX_SCOPE_CLIENT, p, auth, body, fn, #m " " p                                                    \
+    }
+#define ROOT(m, p, auth, body, fn)                                                                                     \
+    {                                                                                                                  \
+        MX_METHOD_##m, MX_SCOPE_ROOT, p, auth, body, fn, #m " " p                                                      \
+    }
 
 const mx_route_t mx_routes[] = {
     /* operations */

@@ -1,1 +1,375 @@
-/* not written yet */
+/* The request pipeline in front of every handler: route -> body limit -> JSON -> auth -> handler. Each step answers
+ * with the Matrix error the spec names before any work is done for the next. */
+#include "mxkeys/call.h"
+#include <sodium.h>
+#include <string.h>
+#include <time.h>
+#include "mxkeys/auth.h"
+#include "mxkeys/canonical_json.h"
+#include "mxkeys/log.h"
+#include "mxkeys/metrics.h"
+
+/* Implemented in response.c. */
+void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, mx_err_t err, const char *msg,
+                                 unsigned allow);
+void mx_http_respond_options(h2o_req_t *req, mx_worker_t *w);
+uint64_t mx_http_now_ns(void);
+
+/* The auth step's state; lives in the call, so in the request pool. */
+typedef struct st_mx_call_auth_t {
+    mx_auth_waiter_t waiter;
+    mx_call_t *call;
+    bool pending;
+} mx_call_auth_t;
+
+static void on_call_dispose(void *p)
+{
+    mx_call_t *call = p;
+    /* The client is gone (or the response is done): nothing may call back into this memory any more. */
+    if (call->_job != NULL) {
+        mx_db_cancel(call->_job);
+        call->_job = NULL;
+    }
+    if (call->_auth != NULL && call->_auth->pending) {
+        mx_auth_cancel(&call->_auth->waiter);
+        call->_auth->pending = false;
+    }
+    if (call->body != NULL)
+        json_decref(call->body);
+    call->worker->inflight--;
+}
+
+/* ---- small request helpers ----------------------------------------------------------------------------------- */
+
+static int hexval(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* Percent-decodes into pool memory; returns NULL on a malformed escape or an embedded NUL. */
+static char *percent_decode(h2o_mem_pool_t *pool, const char *s, size_t len, bool plus_is_space)
+{
+    char *out = h2o_mem_alloc_pool(pool, len + 1), *o = out;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi, lo;
+            if (i + 2 >= len || (hi = hexval(s[i + 1])) < 0 || (lo = hexval(s[i + 2])) < 0)
+                return NULL;
+            char c = (char)(hi * 16 + lo);
+            if (c == '\0')
+                return NULL;
+            *o++ = c;
+            i += 2;
+        } else if (s[i] == '+' && plus_is_space) {
+            *o++ = ' ';
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+void *mx_call_alloc(mx_call_t *call, size_t size)
+{
+    return h2o_mem_alloc_pool(&call->req->pool, size);
+}
+
+char *mx_call_strdup(mx_call_t *call, const char *s, size_t len)
+{
+    char *p = h2o_mem_alloc_pool(&call->req->pool, len + 1);
+    memcpy(p, s, len);
+    p[len] = '\0';
+    return p;
+}
+
+static void on_buf_dispose(void *p)
+{
+    mx_buf_free(p);
+}
+
+mx_buf_t *mx_call_buf(mx_call_t *call)
+{
+    mx_buf_t *buf = h2o_mem_alloc_shared(&call->req->pool, sizeof(*buf), on_buf_dispose);
+    *buf = (mx_buf_t)MX_BUF_INIT;
+    return buf;
+}
+
+/* Finds a raw (still encoded) query parameter value; NULL when absent. */
+static const char *find_query(h2o_req_t *req, const char *name, size_t *vlen)
+{
+    if (req->query_at == SIZE_MAX)
+        return NULL;
+    const char *p = req->path.base + req->query_at + 1, *end = req->path.base + req->path.len;
+    size_t nlen = strlen(name);
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pend = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(pend - p));
+        const char *kend = eq ? eq : pend;
+        if ((size_t)(kend - p) == nlen && memcmp(p, name, nlen) == 0) {
+            const char *v = eq ? eq + 1 : pend;
+            *vlen = (size_t)(pend - v);
+            return v;
+        }
+        p = pend + 1;
+    }
+    return NULL;
+}
+
+const char *mx_call_query(mx_call_t *call, const char *name)
+{
+    size_t vlen;
+    const char *v = find_query(call->req, name, &vlen);
+    return v ? percent_decode(&call->req->pool, v, vlen, true) : NULL;
+}
+
+/* ---- DB -------------------------------------------------------------------------------------------------------- */
+
+static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, size_t nresults)
+{
+    mx_call_t *call = owner;
+    call->_job = NULL;
+    if (status != MX_DB_OK) {
+        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        return;
+    }
+    call->_db_cb(call, results, nresults);
+}
+
+int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb)
+{
+    call->_db_cb = cb;
+    switch (mx_db_submit(call->worker->db, stmts, nstmts, on_call_db, call, &call->_job)) {
+    case MX_DB_OK:
+        return 0;
+    case MX_DB_BUSY:
+        mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100",
+                            "too many requests in flight on this worker; retry shortly");
+        return -1;
+    default:
+        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        return -1;
+    }
+}
+
+int mx_db_result_ok(const PGresult *res)
+{
+    if (res == NULL)
+        return 0;
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+}
+
+void mx_call_db_error(mx_call_t *call, const PGresult *res)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    if (state != NULL && strcmp(state, MX_SQLSTATE_CLIENT_ERROR) == 0) {
+        const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        int status = 0;
+        char errcode[64] = "";
+        if (detail != NULL && sscanf(detail, "%d %63s", &status, errcode) == 2) {
+            int err = mx_err_lookup(errcode, status);
+            if (err >= 0) {
+                mx_call_error(call, (mx_err_t)err, "%s", msg ? msg : "");
+                return;
+            }
+        }
+        mx_error("db: malformed client error from SQL (detail \"%s\")", detail ? detail : "");
+    } else if (state != NULL && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)) {
+        mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":50",
+                            "concurrent update conflict; retry the request");
+        return;
+    } else {
+        /* Only the SQLSTATE and primary message: details can quote row values, i.e. key material. */
+        mx_error("db: %s failed: %s %s", call->route->name, state ? state : "-",
+                 res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : "no result");
+    }
+    mx_call_error(call, MX_ERR_INTERNAL, "internal server error");
+}
+
+/* ---- auth ------------------------------------------------------------------------------------------------------ */
+
+static void run_handler(mx_call_t *call)
+{
+    call->route->handler(call);
+}
+
+static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const char *user_id, const char *device_id)
+{
+    mx_call_auth_t *auth = H2O_STRUCT_FROM_MEMBER(mx_call_auth_t, waiter, waiter);
+    mx_call_t *call = auth->call;
+    auth->pending = false;
+    switch (status) {
+    case MX_AUTH_OK:
+        call->user_id = mx_call_strdup(call, user_id, strlen(user_id));
+        call->device_id = mx_call_strdup(call, device_id ? device_id : "", device_id ? strlen(device_id) : 0);
+        run_handler(call);
+        return;
+    case MX_AUTH_UNKNOWN_TOKEN:
+        mx_call_error(call, MX_ERR_UNKNOWN_TOKEN, "unrecognised access token");
+        return;
+    case MX_AUTH_BUSY:
+        mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100", "server busy; retry shortly");
+        return;
+    default:
+        mx_call_error(call, MX_ERR_UNAVAILABLE, "cannot validate the access token right now; try again shortly");
+        return;
+    }
+}
+
+/* The access token from `Authorization: Bearer` or, for old clients, the `access_token` query parameter. */
+static const char *find_token(mx_call_t *call, size_t *len)
+{
+    h2o_req_t *req = call->req;
+    ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
+    if (i >= 0) {
+        h2o_iovec_t v = req->headers.entries[i].value;
+        if (v.len > 7 && strncasecmp(v.base, "Bearer ", 7) == 0) {
+            size_t off = 7;
+            while (off < v.len && v.base[off] == ' ')
+                off++;
+            *len = v.len - off;
+            return *len ? v.base + off : NULL;
+        }
+        return NULL;
+    }
+    const char *q = mx_call_query(call, "access_token");
+    if (q != NULL && *q != '\0') {
+        *len = strlen(q);
+        return q;
+    }
+    return NULL;
+}
+
+static void authorise(mx_call_t *call)
+{
+    size_t len = 0;
+    const char *token;
+    switch (call->route->auth) {
+    case MX_ROUTE_PUBLIC:
+        run_handler(call);
+        return;
+    case MX_ROUTE_ADMIN: {
+        const char *admin = call->config->admin_token;
+        if (admin == NULL) {
+            mx_call_error(call, MX_ERR_FORBIDDEN, "the admin API is disabled (start mxkeysd with --admin-token)");
+            return;
+        }
+        if ((token = find_token(call, &len)) == NULL) {
+            mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing admin access token");
+            return;
+        }
+        /* Constant time over the configured token's length, so timing reveals nothing of it. */
+        if (len != strlen(admin) || sodium_memcmp(token, admin, len) != 0) {
+            mx_call_error(call, MX_ERR_UNKNOWN_TOKEN, "unrecognised admin token");
+            return;
+        }
+        call->user_id = "";
+        call->device_id = "";
+        run_handler(call);
+        return;
+    }
+    case MX_ROUTE_USER:
+        if ((token = find_token(call, &len)) == NULL) {
+            mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing access token");
+            return;
+        }
+        call->_auth = h2o_mem_alloc_pool(&call->req->pool, sizeof(*call->_auth));
+        call->_auth->call = call;
+        call->_auth->pending = true;
+        call->_auth->waiter.cb = on_auth;
+        mx_auth_resolve(call->worker->auth, token, len, &call->_auth->waiter);
+        return;
+    }
+}
+
+/* ---- entry ----------------------------------------------------------------------------------------------------- */
+
+/* Parses the body per the route's contract; answers and returns -1 on any problem. */
+static int read_body(mx_call_t *call)
+{
+    h2o_req_t *req = call->req;
+    if (req->entity.len > call->config->max_body_bytes) {
+        mx_call_error(call, MX_ERR_TOO_LARGE, "request body is %zu bytes; the limit is %zu", req->entity.len,
+                      call->config->max_body_bytes);
+        return -1;
+    }
+    if (call->route->body == MX_BODY_NONE)
+        return 0;
+    if (req->entity.base == NULL || req->entity.len == 0) {
+        if (call->route->body == MX_BODY_OPTIONAL)
+            return 0;
+        mx_call_error(call, MX_ERR_NOT_JSON, "request body is empty; expected a JSON object");
+        return -1;
+    }
+    char why[200];
+    json_t *body = mx_json_parse(req->entity.base, req->entity.len, why, sizeof(why));
+    if (body == NULL) {
+        mx_call_error(call, MX_ERR_NOT_JSON, "request body is not valid JSON: %s", why);
+        return -1;
+    }
+    if (!json_is_object(body)) {
+        json_decref(body);
+        mx_call_error(call, MX_ERR_BAD_JSON, "request body must be a JSON object");
+        return -1;
+    }
+    call->body = body;
+    return 0;
+}
+
+int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
+{
+    (void)self;
+    mx_worker_t *w = H2O_STRUCT_FROM_MEMBER(mx_worker_t, ctx, req->conn->ctx);
+    uint64_t started = mx_http_now_ns();
+    unsigned method = mx_method_parse(req->method.base, req->method.len);
+    if (method == MX_METHOD_OPTIONS) {
+        /* CORS pre-flight: answered for every path, without authentication (the spec asks servers to). */
+        mx_http_respond_options(req, w);
+        return 0;
+    }
+    size_t pathlen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    mx_route_match_t m;
+    unsigned allowed = 0;
+    switch (mx_router_match(mx_routes, mx_nroutes, method, req->path.base, pathlen, &m, &allowed)) {
+    case MX_ROUTE_NO_PATH:
+        mx_http_respond_plain_error(req, w, MX_METRICS_UNROUTED, MX_ERR_UNRECOGNIZED_PATH, "unrecognised path", 0);
+        return 0;
+    case MX_ROUTE_WRONG_METHOD:
+        mx_http_respond_plain_error(req, w, MX_METRICS_UNROUTED, MX_ERR_UNRECOGNIZED_METHOD,
+                                    "method not allowed on this path", allowed);
+        return 0;
+    case MX_ROUTE_FOUND:
+        break;
+    }
+
+    mx_call_t *call = h2o_mem_alloc_shared(&req->pool, sizeof(*call), on_call_dispose);
+    memset(call, 0, sizeof(*call));
+    call->req = req;
+    call->worker = w;
+    call->config = w->server->config;
+    call->route = m.route;
+    call->route_index = m.index;
+    call->_started_ns = started;
+    w->inflight++;
+    for (size_t i = 0; i < m.nparams; i++) {
+        call->params[i] = percent_decode(&req->pool, m.params[i].base, m.params[i].len, false);
+        if (call->params[i] == NULL) {
+            mx_call_error(call, MX_ERR_INVALID_PARAM, "malformed percent-encoding in the path");
+            return 0;
+        }
+    }
+    call->nparams = m.nparams;
+    if (read_body(call) != 0)
+        return 0;
+    authorise(call);
+    return 0;
+}

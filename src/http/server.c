@@ -1,1 +1,173 @@
-/* not written yet */
+/* Listener and worker threads. One listening socket is shared by every worker (each wraps a duplicate in its own
+ * loop): behind a reverse proxy that keeps a few long-lived connections, SO_REUSEPORT's hashing can pin all of them
+ * to one worker, while a shared socket lets whichever worker is idle accept. */
+#include "mxkeys/server.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include "mxkeys/auth.h"
+#include "mxkeys/db.h"
+#include "mxkeys/log.h"
+#include "mxkeys/metrics.h"
+
+/* Defined in call.c: the single h2o handler that routes every request. */
+int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req);
+extern const size_t mx_nroutes;
+
+/* How long a stopping worker waits for in-flight requests before it gives up on them. */
+#define DRAIN_LIMIT_MS 30000
+
+int mx_server_listen(mx_server_t *server, const mx_config_t *config, char *err, size_t errlen)
+{
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV}, *res;
+    char port[8];
+    snprintf(port, sizeof(port), "%u", config->listen_port);
+    int rc = getaddrinfo(config->listen_host, port, &hints, &res);
+    if (rc != 0) {
+        snprintf(err, errlen, "--listen %s:%u: %s", config->listen_host, config->listen_port, gai_strerror(rc));
+        return -1;
+    }
+    int fd = socket(res->ai_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    int one = 1;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 1024) != 0) {
+        snprintf(err, errlen, "--listen %s:%u: %s", config->listen_host, config->listen_port, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        freeaddrinfo(res);
+        return -1;
+    }
+    freeaddrinfo(res);
+    server->listen_fd = fd;
+    server->config = config;
+    return 0;
+}
+
+static void on_accept(h2o_socket_t *listener, const char *err)
+{
+    mx_worker_t *w = listener->data;
+    if (err != NULL)
+        return;
+    /* Accept a bounded batch per wake-up so one busy worker does not starve its own requests. */
+    for (int i = 0; i < 16; i++) {
+        h2o_socket_t *sock = h2o_evloop_socket_accept(listener);
+        if (sock == NULL)
+            break;
+        int one = 1;
+        setsockopt(h2o_socket_get_fd(sock), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        h2o_accept(&w->accept_ctx, sock);
+    }
+}
+
+static void stop_accepting(mx_worker_t *w)
+{
+    if (w->listener != NULL) {
+        h2o_socket_read_stop(w->listener);
+        h2o_socket_close(w->listener);
+        w->listener = NULL;
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    mx_worker_t *w = arg;
+    mx_server_t *server = w->server;
+    const mx_config_t *cfg = server->config;
+
+    w->loop = h2o_evloop_create();
+    h2o_context_init(&w->ctx, w->loop, &server->h2o);
+    w->accept_ctx.ctx = &w->ctx;
+    w->accept_ctx.hosts = server->h2o.hosts;
+    /* Published with a release store: /metrics on other workers reads it. */
+    __atomic_store_n(&w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth),
+                     __ATOMIC_RELEASE);
+    w->auth = mx_auth_new(w->loop, cfg, w->db);
+    int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
+    if (w->db == NULL || w->auth == NULL || fd < 0) {
+        mx_error("worker %u: start-up failed", w->index);
+        atomic_store(&server->stopping, true);
+        return NULL;
+    }
+    w->listener = h2o_evloop_socket_create(w->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
+    w->listener->data = w;
+    h2o_socket_read_start(w->listener, on_accept);
+
+    uint64_t drain_deadline = 0;
+    for (;;) {
+        h2o_evloop_run(w->loop, 100);
+        if (!atomic_load(&server->stopping))
+            continue;
+        if (drain_deadline == 0) {
+            stop_accepting(w);
+            /* Turns off keep-alive so connections close once their current request is answered. */
+            h2o_context_request_shutdown(&w->ctx);
+            drain_deadline = h2o_now(w->loop) + DRAIN_LIMIT_MS;
+        }
+        if (w->inflight == 0)
+            break;
+        if (h2o_now(w->loop) > drain_deadline) {
+            mx_warn("worker %u: %zu requests still in flight after %d ms; stopping anyway", w->index, w->inflight,
+                    DRAIN_LIMIT_MS);
+            break;
+        }
+    }
+    return NULL;
+}
+
+int mx_server_run(mx_server_t *server, const char *conninfo)
+{
+    const mx_config_t *cfg = server->config;
+    server->conninfo = conninfo;
+    h2o_config_init(&server->h2o);
+    server->h2o.server_name = h2o_iovec_init(H2O_STRLIT("mxkeys"));
+    /* h2o answers bodies over its own limit with a plain-text 413 before any handler runs. Give it headroom above
+     * ours so that ordinary oversize bodies reach the handler and get a Matrix M_TOO_LARGE; only bodies past twice
+     * the limit get h2o's plain 413 (same status, and h2o stops reading them early). */
+    server->h2o.max_request_entity_size = cfg->max_body_bytes * 2 + 65536;
+    h2o_hostconf_t *host = h2o_config_register_host(&server->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
+    h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
+    handler->on_req = mx_http_on_req;
+
+    server->nworkers = cfg->workers;
+    server->workers = calloc(server->nworkers, sizeof(mx_worker_t));
+    if (server->workers == NULL)
+        return -1;
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        mx_worker_t *w = &server->workers[i];
+        w->index = i;
+        w->server = server;
+        w->metrics = mx_metrics_new(mx_nroutes);
+    }
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        if (pthread_create(&server->workers[i].thread, NULL, worker_main, &server->workers[i]) != 0) {
+            mx_error("cannot start worker %u", i);
+            atomic_store(&server->stopping, true);
+            server->nworkers = i;
+            break;
+        }
+    }
+    mx_info("listening on http://%s:%u with %u workers", cfg->listen_host, cfg->listen_port, server->nworkers);
+    for (unsigned i = 0; i < server->nworkers; i++)
+        pthread_join(server->workers[i].thread, NULL);
+    close(server->listen_fd);
+    /* Workers' loops are not torn down: the process exits next, and h2o 2.2.5 has no evloop destroy. The DB
+     * connections are closed so PostgreSQL sees a clean disconnect. */
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        mx_worker_t *w = &server->workers[i];
+        mx_auth_free(w->auth);
+        mx_db_pool_free(w->db);
+    }
+    return 0;
+}
+
+void mx_server_stop(mx_server_t *server)
+{
+    atomic_store(&server->stopping, true);
+}
