@@ -69,13 +69,16 @@ static int serve(const mx_config_t *cfg)
     }
     int status = 1;
     if (migrate_database(conninfo) == 0 && install_signals() == 0) {
+        char ready[1024];
         if (cfg->auth_mode == MX_AUTH_LOCAL)
-            mx_info("ready: http://%s:%u (mint a token: mxkeysd token create --user @alice:%s --device DEV%s%s)",
-                    cfg->listen_host, cfg->listen_port, cfg->server_name, cfg->database_url ? "" : " --state-dir ",
-                    cfg->database_url ? "" : cfg->state_dir);
+            snprintf(ready, sizeof(ready),
+                     "ready: http://%s:%u (mint a token: mxkeysd token create --user @alice:%s --device DEV%s%s)",
+                     cfg->listen_host, cfg->listen_port, cfg->server_name, cfg->database_url ? "" : " --state-dir ",
+                     cfg->database_url ? "" : cfg->state_dir);
         else
-            mx_info("ready: http://%s:%u (tokens are checked with %s)", cfg->listen_host, cfg->listen_port,
-                    cfg->homeserver_url);
+            snprintf(ready, sizeof(ready), "ready: http://%s:%u (tokens are checked with %s)", cfg->listen_host,
+                     cfg->listen_port, cfg->homeserver_url);
+        server.ready_line = ready;
         status = mx_server_run(&server, conninfo) == 0 ? 0 : 1;
         mx_info("stopped");
     }

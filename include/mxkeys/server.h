@@ -35,6 +35,7 @@ typedef struct st_mx_server_t {
     mx_worker_t *workers;
     unsigned nworkers;
     atomic_bool stopping;
+    const char *ready_line; /* logged once every worker runs */
 } mx_server_t;
 
 /** Binds the listening socket (so a bad --listen fails before anything starts). Returns 0 or -1 with a reason. */

@@ -43,16 +43,23 @@ void mx_buf_putc(mx_buf_t *buf, char c)
 
 void mx_buf_printf(mx_buf_t *buf, const char *fmt, ...)
 {
+    /* Format straight into the free space; grow and format again only when it did not fit. */
+    mx_buf_reserve(buf, 64);
+    size_t room = buf->cap - buf->len;
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
+    int n = vsnprintf(buf->data + buf->len, room, fmt, ap);
     va_end(ap);
-    if (n <= 0)
+    if (n < 0) {
+        buf->data[buf->len] = '\0';
         return;
-    mx_buf_reserve(buf, (size_t)n);
-    va_start(ap, fmt);
-    vsnprintf(buf->data + buf->len, (size_t)n + 1, fmt, ap);
-    va_end(ap);
+    }
+    if ((size_t)n >= room) {
+        mx_buf_reserve(buf, (size_t)n);
+        va_start(ap, fmt);
+        vsnprintf(buf->data + buf->len, (size_t)n + 1, fmt, ap);
+        va_end(ap);
+    }
     buf->len += (size_t)n;
 }
 

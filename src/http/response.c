@@ -77,9 +77,14 @@ static void account(h2o_req_t *req, mx_worker_t *w, size_t route, const char *ro
     uint64_t now = mx_http_now_ns();
     uint64_t took = started_ns ? now - started_ns : 0;
     mx_metrics_observe(w->metrics, route, status, took);
-    if (mx_log_enabled(MX_LOG_INFO))
-        mx_log(MX_LOG_INFO, "%.*s %s %d %.3fms %s", (int)req->method.len, req->method.base, route_name, status,
-               (double)took / 1e6, user && *user ? user : "-");
+    /* The route template, never the raw path: a path can carry an access_token query parameter. */
+    if (mx_log_enabled(MX_LOG_INFO)) {
+        if (route_name != NULL)
+            mx_log(MX_LOG_INFO, "%s %d %.3fms %s", route_name, status, (double)took / 1e6, user && *user ? user : "-");
+        else
+            mx_log(MX_LOG_INFO, "%.*s (no route) %d", (int)(req->method.len > 16 ? 16 : req->method.len),
+                   req->method.base, status);
+    }
 }
 
 static void build_error(mx_buf_t *out, const char *errcode, const char *extra, const char *msg)
@@ -175,12 +180,12 @@ void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, m
         memcpy(v, value, n);
         h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_ALLOW, NULL, v, n);
     }
-    account(req, w, route, "-", NULL, mx_err_status(err), 0);
+    account(req, w, route, NULL, NULL, mx_err_status(err), 0);
     send_body(req, mx_err_status(err), H2O_STRLIT("application/json"), buf->data, buf->len);
 }
 
 void mx_http_respond_options(h2o_req_t *req, mx_worker_t *w)
 {
-    account(req, w, MX_METRICS_UNROUTED, "OPTIONS", NULL, 204, 0);
+    account(req, w, MX_METRICS_UNROUTED, NULL, NULL, 204, 0);
     send_body(req, 204, NULL, 0, "", 0);
 }

@@ -154,6 +154,8 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
         }
     }
     mx_info("listening on http://%s:%u with %u workers", cfg->listen_host, cfg->listen_port, server->nworkers);
+    if (server->ready_line != NULL)
+        mx_info("%s", server->ready_line);
     for (unsigned i = 0; i < server->nworkers; i++)
         pthread_join(server->workers[i].thread, NULL);
     close(server->listen_fd);
