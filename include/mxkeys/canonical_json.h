@@ -28,6 +28,13 @@ json_t *mx_json_parse(const char *text, size_t len, char *why, size_t whylen);
 int mx_canonical_json(const json_t *value, mx_buf_t *out, const char **why) __attribute__((warn_unused_result));
 
 /**
+ * Same as mx_canonical_json for an object, leaving out its top-level members named in `skip` (a NULL-terminated list).
+ * This is how signed JSON drops `signatures` and `unsigned` without copying or changing the object.
+ */
+int mx_canonical_json_except(const json_t *object, const char *const *skip, mx_buf_t *out, const char **why)
+    __attribute__((warn_unused_result));
+
+/**
  * Checks that `value` can be encoded canonically, without encoding it. Returns 0 or -1 with a static reason; the
  * reason names the first offending JSON path when `path` (at least 256 bytes) is given.
  */
