@@ -328,8 +328,8 @@ json_t *mx_json_parse(const char *text, size_t len, char *why, size_t whylen)
     if (why == NULL || whylen == 0)
         return NULL;
     switch (json_error_code(&err)) {
-    case json_error_duplicate_key:
-        copy_reason(why, whylen, "duplicate key in an object", err.position);
+    case json_error_null_byte_in_key:
+        copy_reason(why, whylen, "object keys must not contain \\u0000", err.position);
         break;
     case json_error_null_character:
         copy_reason(why, whylen, "strings must not contain \\u0000", err.position);
