@@ -221,35 +221,38 @@ int mx_canonical_json_except(const json_t *object, const char *const *skip, mx_b
 
 typedef struct st_path_t {
     char *buf; /* NULL when the caller does not want the path */
-    size_t cap, len;
+    size_t cap;
+    size_t len; /* the length the path would have: beyond cap - 1 it was cut short */
 } path_t;
 
-/* Appends to the path, truncating with "..." when it does not fit; returns the length to restore afterwards. */
+/* Appends a path segment (cut short when it does not fit) and returns the length to restore afterwards. Bytes before
+ * the current length are never rewritten, so popping back always leaves a correct prefix. */
 static size_t path_push(path_t *p, const char *fmt, const char *s, size_t n)
 {
     size_t saved = p->len;
-    if (p->buf == NULL || p->len + 1 >= p->cap)
+    if (p->buf == NULL)
         return saved;
-    int w = snprintf(p->buf + p->len, p->cap - p->len, fmt, (int)n, s);
-    if (w < 0)
-        return saved;
-    if ((size_t)w >= p->cap - p->len) {
-        p->len = p->cap - 1;
-        if (p->cap > 4)
-            memcpy(p->buf + p->cap - 4, "...", 4);
-    } else {
+    char scratch[1];
+    bool room = p->len < p->cap;
+    /* With no room left, format into a scratch byte only to learn the length. */
+    int w = snprintf(room ? p->buf + p->len : scratch, room ? p->cap - p->len : 1, fmt, (int)n, s);
+    if (w > 0)
         p->len += (size_t)w;
-    }
     return saved;
 }
 
 static void path_pop(path_t *p, size_t saved)
 {
-    /* A truncated path keeps its "..." mark: everything after it was dropped anyway. */
-    if (p->buf != NULL && p->len < p->cap - 1) {
-        p->len = saved;
+    p->len = saved;
+    if (p->buf != NULL && saved < p->cap)
         p->buf[saved] = '\0';
-    }
+}
+
+/* Marks a path that did not fit with a trailing "..." so nobody mistakes it for the whole path. */
+static void path_finish(path_t *p)
+{
+    if (p->buf != NULL && p->len >= p->cap && p->cap >= 4)
+        memcpy(p->buf + p->cap - 4, "...", 4);
 }
 
 /* Walks members in document order (jansson keeps insertion order), so "first" means first in the request body. */
@@ -301,7 +304,10 @@ int mx_canonical_json_check(const json_t *value, char *path, size_t pathlen, con
     path_t p = {path != NULL && pathlen > 0 ? path : NULL, pathlen, 0};
     if (p.buf)
         p.buf[0] = '\0';
-    return check(value, &p, why ? why : &ignored);
+    int rc = check(value, &p, why ? why : &ignored);
+    if (rc != 0)
+        path_finish(&p);
+    return rc;
 }
 
 /* --- strict parsing --------------------------------------------------------------------------------------------- */

@@ -152,6 +152,15 @@ static void test_built_values(void)
     CHECK(strlen(small) == sizeof(small) - 1);
     CHECK(strcmp(small + sizeof(small) - 4, "...") == 0);
     json_decref(v);
+    /* A sibling that did not fit leaves no trace in the path of a later offender. */
+    v = json_pack("{s:{s:i}, s:[i,f]}", "a_rather_long_key_name", "another_long_key", 1, "b", 1, 0.5);
+    CHECK(mx_canonical_json_check(v, small, sizeof(small), &why) == -1);
+    CHECK_STREQ(small, "b[1]");
+    json_decref(v);
+    v = json_pack("{s:{s:[f]}}", "abcd", "efgh", 0.5);
+    CHECK(mx_canonical_json_check(v, small, sizeof(small), &why) == -1);
+    CHECK_STREQ(small, "abcd.efg...");
+    json_decref(v);
 
     /* A failing encode may leave partial output but must not crash, and the static reason names the cause. */
     v = json_pack("[i,f]", 1, 0.5);
