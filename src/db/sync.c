@@ -1,1 +1,86 @@
-/* not written yet */
+/* Blocking libpq helpers for start-up and the CLI. The serving path never uses these: workers talk to the database
+ * through the asynchronous pool. */
+#include "mxkeys/db_sync.h"
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+#include "mxkeys/log.h"
+
+/* libpq messages end in a newline and may span lines ("DETAIL: ..."): callers want one line. */
+static void one_line(char *dst, size_t dstlen, const char *msg)
+{
+    snprintf(dst, dstlen, "%s", msg != NULL && *msg != '\0' ? msg : "unknown error");
+    size_t len = strlen(dst);
+    while (len > 0 && (dst[len - 1] == '\n' || dst[len - 1] == ' '))
+        dst[--len] = '\0';
+    for (char *p = dst; *p != '\0'; p++)
+        if (*p == '\n' || *p == '\t')
+            *p = ' ';
+}
+
+/* The server's NOTICEs (e.g. "relation already exists, skipping") are routine here: debug level, not raw stderr. */
+static void on_notice(void *arg, const char *message)
+{
+    (void)arg;
+    char line[512];
+    one_line(line, sizeof(line), message);
+    mx_debug("database: %s", line);
+}
+
+/* Errors that mean "not there yet" while a freshly started cluster comes up; anything else (bad password, missing
+ * database) will not fix itself by waiting. */
+static int is_transient(const char *msg)
+{
+    static const char *const transient[] = {
+        "starting up",       "Connection refused", "No such file or directory", "Is the server running",
+        "not yet accepting", "shutting down",      "timeout expired",           "recovery"};
+    for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
+        if (strstr(msg, transient[i]) != NULL)
+            return 1;
+    return 0;
+}
+
+static long long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+PGconn *mx_db_connect_blocking(const char *conninfo, unsigned wait_ms, char *err, size_t errlen)
+{
+    /* expand_dbname lets `conninfo` be a keyword string or a URI; fallback_application_name names us in
+     * pg_stat_activity unless the operator chose a name. */
+    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *const values[] = {conninfo, "mxkeysd", NULL};
+    long long deadline = now_ms() + wait_ms;
+    for (;;) {
+        PGconn *conn = PQconnectdbParams(keys, values, 1);
+        if (conn == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return NULL;
+        }
+        if (PQstatus(conn) == CONNECTION_OK) {
+            PQsetNoticeProcessor(conn, on_notice, NULL);
+            return conn;
+        }
+        one_line(err, errlen, PQerrorMessage(conn));
+        int retry = is_transient(PQerrorMessage(conn)) && now_ms() < deadline;
+        PQfinish(conn);
+        if (!retry)
+            return NULL;
+        struct timespec pause = {0, 100 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+}
+
+PGresult *mx_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *values, char *err, size_t errlen)
+{
+    PGresult *res = PQexecParams(conn, sql, nparams, NULL, values, NULL, NULL, 0);
+    ExecStatusType st = res != NULL ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK)
+        return res;
+    one_line(err, errlen, res != NULL ? PQresultErrorMessage(res) : PQerrorMessage(conn));
+    PQclear(res);
+    return NULL;
+}
