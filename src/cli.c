@@ -12,7 +12,8 @@
 #include "mxkeys/log.h"
 #include "mxkeys/migrate.h"
 
-#define CONNECT_WAIT_MS 60000 /* a server that holds the lock may still be creating its cluster */
+#define EMBEDDED_WAIT_MS 60000 /* a server that holds the lock may still be creating its cluster */
+#define EXTERNAL_WAIT_MS 10000 /* a given database that is down: say so soon */
 #define TOKEN_PREFIX "mxk_"
 #define TOKEN_RANDOM_BYTES 32
 
@@ -33,7 +34,8 @@ static int db_open(const mx_config_t *cfg, cli_db_t *db)
         fprintf(stderr, "mxkeysd: embedded database: %s\n", err);
         return -1;
     }
-    if ((db->conn = mx_db_connect_blocking(conninfo, CONNECT_WAIT_MS, err, sizeof(err))) == NULL) {
+    unsigned wait_ms = cfg->database_url != NULL ? EXTERNAL_WAIT_MS : EMBEDDED_WAIT_MS;
+    if ((db->conn = mx_db_connect_blocking(conninfo, wait_ms, err, sizeof(err))) == NULL) {
         fprintf(stderr, "mxkeysd: database: %s\n", err);
         goto failed;
     }

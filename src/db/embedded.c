@@ -146,6 +146,24 @@ static int run_user_can_reach(const mx_embedded_pg_t *pg, const char *dir)
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
 }
 
+/* The tools' environment without MXKEYS_* (the admin token, a database URL with a password: the cluster's user could
+ * read them in /proc) and PG* (PGPORT, PGDATA and friends would override what we pass). Built before fork: the child
+ * may only make async-signal-safe calls. Returns the number kept, or -1 if there are too many. */
+static int clean_environment(char **out, size_t max)
+{
+    extern char **environ;
+    size_t n = 0;
+    for (char **e = environ; e != NULL && *e != NULL; e++) {
+        if (strncmp(*e, "MXKEYS_", 7) == 0 || strncmp(*e, "PG", 2) == 0)
+            continue;
+        if (n + 1 >= max)
+            return -1;
+        out[n++] = *e;
+    }
+    out[n] = NULL;
+    return (int)n;
+}
+
 /* Runs a PostgreSQL tool as the cluster's user, output appended to the server log (never our stdout: the token
  * commands print only the token there). Returns the exit status, or -1. */
 static int run_tool(const mx_embedded_pg_t *pg, const char *const *argv)
@@ -162,7 +180,8 @@ static int run_tool(const mx_embedded_pg_t *pg, const char *const *argv)
         close(logfd);
         return -1;
     }
-    pid_t pid = fork();
+    char *env[1024];
+    pid_t pid = clean_environment(env, sizeof(env) / sizeof(env[0])) < 0 ? -1 : fork();
     if (pid < 0) {
         close(logfd);
         return -1;
@@ -177,7 +196,7 @@ static int run_tool(const mx_embedded_pg_t *pg, const char *const *argv)
         child_drop(pg);
         if (chdir("/") != 0)
             _exit(127);
-        execv(path, (char *const *)argv);
+        execve(path, (char *const *)argv, env);
         _exit(127);
     }
     close(logfd);
