@@ -260,7 +260,10 @@ static void on_connect_event(h2o_socket_t *sock, const char *err)
 static void conn_connect(conn_t *c)
 {
     c->state = CONN_CONNECTING;
-    c->pg = PQconnectStart(c->pool->conninfo);
+    /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity. */
+    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
+    const char *const values[] = {c->pool->conninfo, "mxkeysd", NULL};
+    c->pg = PQconnectStartParams(keys, values, 1);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
