@@ -24,7 +24,7 @@ typedef struct st_mx_auth_waiter_t mx_auth_waiter_t;
 typedef void (*mx_auth_cb)(mx_auth_waiter_t *waiter, mx_auth_status_t status, const char *user_id,
                            const char *device_id);
 
-/** Embedded in the caller's request state. */
+/** Embedded in the caller's request state; zero it before the first mx_auth_resolve. */
 struct st_mx_auth_waiter_t {
     h2o_linklist_t _link;
     mx_auth_cb cb;

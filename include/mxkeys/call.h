@@ -74,8 +74,6 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
  * a serialization failure or deadlock becomes 503 (retry); anything else is logged and answered 500.
  */
 void mx_call_db_error(mx_call_t *call, const PGresult *res);
-/** True when `res` is a successful (TUPLES_OK / COMMAND_OK) result. */
-int mx_db_result_ok(const PGresult *res);
 
 /** The handler table the HTTP layer routes to (src/api/routes.c). */
 extern const mx_route_t mx_routes[];

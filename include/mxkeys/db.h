@@ -58,6 +58,9 @@ bool mx_db_pool_ready(const mx_db_pool_t *pool);
 /** Snapshot of the pool's figures (read by /metrics from another thread: values are relaxed, may be torn). */
 void mx_db_pool_stats(const mx_db_pool_t *pool, mx_db_stats_t *out);
 
+/** True when `res` is a successful (TUPLES_OK / COMMAND_OK) result. */
+int mx_db_result_ok(const PGresult *res);
+
 /** SQLSTATE that mxkeys' SQL functions raise for a client error; the DETAIL is "<http status> <M_ERRCODE>". */
 #define MX_SQLSTATE_CLIENT_ERROR "MXERR"
 

@@ -24,9 +24,13 @@ typedef void (*mx_whoami_cb)(void *data, mx_whoami_status_t status, const char *
 mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms,
                                          char *err, size_t errlen);
 void mx_whoami_client_free(mx_whoami_client_t *client);
-/** Starts a look-up; `cb` runs exactly once (later, never synchronously) unless cancelled. */
-mx_whoami_req_t *mx_whoami_lookup(mx_whoami_client_t *client, const char *token, size_t len, mx_whoami_cb cb,
-                                  void *data);
+/**
+ * Starts a look-up. Returns 0 and stores the handle in `*handle` before anything can call back; `cb` then runs exactly
+ * once, possibly before this returns (a pooled connection can fail at once), unless cancelled. Returns -1 (no
+ * callback) when the token cannot be sent (characters outside visible ASCII) or memory runs out.
+ */
+int mx_whoami_lookup(mx_whoami_client_t *client, const char *token, size_t len, mx_whoami_cb cb, void *data,
+                     mx_whoami_req_t **handle) __attribute__((warn_unused_result));
 void mx_whoami_cancel(mx_whoami_req_t *req);
 
 #endif

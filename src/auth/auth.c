@@ -1,1 +1,326 @@
-/* not written yet */
+/* Token resolution per worker: a small cache keyed by the token's SHA-256 (the token itself is never kept), with
+ * concurrent look-ups of one token coalesced into a single database query or whoami request. */
+#include "mxkeys/auth.h"
+#include <sodium.h>
+#include <stdlib.h>
+#include <string.h>
+#include "mxkeys/db.h"
+#include "mxkeys/log.h"
+#include "mxkeys/whoami_client.h"
+
+#define CACHE_SLOTS 65536 /* power of two; at most 3/4 used */
+#define MAX_PROBE 32
+
+typedef struct st_entry_t {
+    uint8_t hash[32];
+    bool used;
+    bool ok;          /* positive (user, device) or negative (unknown token) */
+    uint64_t expires; /* h2o_now() milliseconds */
+    char *user_id;    /* malloc'd, positive entries only */
+    char *device_id;
+} entry_t;
+
+/* One look-up in flight for one token, with everybody waiting for it. */
+typedef struct st_pending_t {
+    struct st_pending_t *next;
+    mx_auth_t *auth;
+    uint8_t hash[32];
+    char hex[65];
+    h2o_linklist_t waiters;
+    mx_db_job_t *job;
+    mx_whoami_req_t *whoami;
+} pending_t;
+
+struct st_mx_auth_t {
+    h2o_evloop_t *loop;
+    const mx_config_t *config;
+    struct st_mx_db_pool_t *db;
+    mx_whoami_client_t *whoami;
+    entry_t *slots;
+    size_t used;
+    pending_t *pending;
+};
+
+void mx_token_hash_hex(const char *token, size_t len, char out[65])
+{
+    uint8_t h[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(h, (const unsigned char *)token, len);
+    sodium_bin2hex(out, 65, h, sizeof(h));
+}
+
+mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db)
+{
+    mx_auth_t *auth = calloc(1, sizeof(*auth));
+    if (auth == NULL)
+        return NULL;
+    auth->loop = loop;
+    auth->config = config;
+    auth->db = db;
+    auth->slots = calloc(CACHE_SLOTS, sizeof(entry_t));
+    if (auth->slots == NULL)
+        goto failed;
+    if (config->auth_mode == MX_AUTH_HOMESERVER) {
+        char err[256];
+        auth->whoami = mx_whoami_client_new(loop, config->homeserver_url, 5000, err, sizeof(err));
+        if (auth->whoami == NULL) {
+            mx_error("auth: %s", err);
+            goto failed;
+        }
+    }
+    return auth;
+failed:
+    free(auth->slots);
+    free(auth);
+    return NULL;
+}
+
+static void entry_clear(entry_t *e)
+{
+    free(e->user_id);
+    free(e->device_id);
+    memset(e, 0, sizeof(*e));
+}
+
+/* ---- cache ------------------------------------------------------------------------------------------------------ */
+
+static size_t slot_of(const uint8_t hash[32])
+{
+    size_t s;
+    memcpy(&s, hash, sizeof(s)); /* SHA-256 bytes are already uniformly spread */
+    return s & (CACHE_SLOTS - 1);
+}
+
+static entry_t *cache_find(mx_auth_t *auth, const uint8_t hash[32])
+{
+    size_t s = slot_of(hash);
+    for (int i = 0; i < MAX_PROBE; i++, s = (s + 1) & (CACHE_SLOTS - 1)) {
+        entry_t *e = &auth->slots[s];
+        if (!e->used)
+            return NULL;
+        if (memcmp(e->hash, hash, 32) == 0)
+            return e;
+    }
+    return NULL;
+}
+
+/* Drops every expired entry; when still too full, drops everything (a cache refills itself). */
+static void cache_sweep(mx_auth_t *auth)
+{
+    uint64_t now = h2o_now(auth->loop);
+    entry_t *old = auth->slots;
+    entry_t *fresh = calloc(CACHE_SLOTS, sizeof(entry_t));
+    if (fresh == NULL)
+        return;
+    auth->slots = fresh;
+    auth->used = 0;
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        entry_t *e = &old[i];
+        if (!e->used)
+            continue;
+        size_t s = slot_of(e->hash);
+        int probe = 0;
+        while (fresh[s].used && probe < MAX_PROBE) {
+            s = (s + 1) & (CACHE_SLOTS - 1);
+            probe++;
+        }
+        if (e->expires > now && probe < MAX_PROBE && auth->used < CACHE_SLOTS / 2) {
+            fresh[s] = *e;
+            auth->used++;
+        } else {
+            entry_clear(e);
+        }
+    }
+    free(old);
+}
+
+static void cache_put(mx_auth_t *auth, const uint8_t hash[32], bool ok, const char *user_id, const char *device_id)
+{
+    unsigned ttl = ok ? auth->config->token_cache_ms : auth->config->token_negative_ms;
+    if (ttl == 0)
+        return;
+    if (auth->used >= CACHE_SLOTS * 3 / 4)
+        cache_sweep(auth);
+    entry_t *e = cache_find(auth, hash);
+    if (e == NULL) {
+        size_t s = slot_of(hash);
+        int i = 0;
+        for (; i < MAX_PROBE && auth->slots[s].used; i++)
+            s = (s + 1) & (CACHE_SLOTS - 1);
+        if (i == MAX_PROBE)
+            return; /* a long cluster: skip caching this one rather than probe further */
+        e = &auth->slots[s];
+        auth->used++;
+    } else {
+        free(e->user_id);
+        free(e->device_id);
+    }
+    memcpy(e->hash, hash, 32);
+    e->used = true;
+    e->ok = ok;
+    e->expires = h2o_now(auth->loop) + ttl;
+    e->user_id = ok ? strdup(user_id) : NULL;
+    e->device_id = ok ? strdup(device_id ? device_id : "") : NULL;
+}
+
+/* ---- pending look-ups ------------------------------------------------------------------------------------------- */
+
+static void pending_unlink(pending_t *p)
+{
+    for (pending_t **link = &p->auth->pending; *link != NULL; link = &(*link)->next) {
+        if (*link == p) {
+            *link = p->next;
+            return;
+        }
+    }
+}
+
+/* Answers every waiter and frees the look-up. Waiters are detached first: a callback may resolve again. */
+static void pending_finish(pending_t *p, mx_auth_status_t status, const char *user_id, const char *device_id)
+{
+    if (status == MX_AUTH_OK || status == MX_AUTH_UNKNOWN_TOKEN)
+        cache_put(p->auth, p->hash, status == MX_AUTH_OK, user_id, device_id);
+    pending_unlink(p);
+    h2o_linklist_t waiters;
+    h2o_linklist_init_anchor(&waiters);
+    h2o_linklist_insert_list(&waiters, &p->waiters);
+    while (!h2o_linklist_is_empty(&waiters)) {
+        mx_auth_waiter_t *w = H2O_STRUCT_FROM_MEMBER(mx_auth_waiter_t, _link, waiters.next);
+        h2o_linklist_unlink(&w->_link);
+        w->cb(w, status, user_id, device_id);
+    }
+    free(p);
+}
+
+static void on_db(void *owner, mx_db_status_t status, PGresult **results, size_t n)
+{
+    pending_t *p = owner;
+    p->job = NULL;
+    if (status != MX_DB_OK || n != 1 || !mx_db_result_ok(results[0])) {
+        if (status == MX_DB_OK)
+            mx_error("auth: token look-up failed: %s",
+                     results[0] ? PQresultErrorField(results[0], PG_DIAG_MESSAGE_PRIMARY) : "no result");
+        pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        return;
+    }
+    if (PQntuples(results[0]) == 0)
+        pending_finish(p, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+    else
+        pending_finish(p, MX_AUTH_OK, PQgetvalue(results[0], 0, 0), PQgetvalue(results[0], 0, 1));
+}
+
+static void on_whoami(void *data, mx_whoami_status_t status, const char *user_id, const char *device_id)
+{
+    pending_t *p = data;
+    p->whoami = NULL;
+    switch (status) {
+    case MX_WHOAMI_OK:
+        pending_finish(p, MX_AUTH_OK, user_id, device_id);
+        break;
+    case MX_WHOAMI_UNKNOWN_TOKEN:
+        pending_finish(p, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+        break;
+    default:
+        pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        break;
+    }
+}
+
+static void start_lookup(mx_auth_t *auth, const char *token, size_t len, const uint8_t hash[32],
+                         mx_auth_waiter_t *waiter)
+{
+    pending_t *p = calloc(1, sizeof(*p));
+    if (p == NULL) {
+        waiter->cb(waiter, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        return;
+    }
+    p->auth = auth;
+    memcpy(p->hash, hash, 32);
+    sodium_bin2hex(p->hex, sizeof(p->hex), hash, 32);
+    h2o_linklist_init_anchor(&p->waiters);
+    h2o_linklist_insert(&p->waiters, &waiter->_link);
+    p->next = auth->pending;
+    auth->pending = p;
+    if (auth->whoami != NULL) {
+        /* p may be gone when this returns (the answer can come at once): touch nothing after it. */
+        if (mx_whoami_lookup(auth->whoami, token, len, on_whoami, p, &p->whoami) != 0)
+            pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        return;
+    }
+    const char *params[1] = {p->hex};
+    mx_db_stmt_t stmt = {.id = MX_STMT_AUTH_LOCAL_TOKEN, .nparams = 1, .values = params};
+    switch (mx_db_submit(auth->db, &stmt, 1, on_db, p, &p->job)) {
+    case MX_DB_OK:
+        return;
+    case MX_DB_BUSY:
+        pending_finish(p, MX_AUTH_BUSY, NULL, NULL);
+        return;
+    default:
+        pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        return;
+    }
+}
+
+/* Matrix access tokens are visible ASCII; anything else cannot be a token we issued or could ask about. */
+static bool token_chars_ok(const char *token, size_t len)
+{
+    if (len == 0 || len > 1024)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if ((unsigned char)token[i] < 0x21 || (unsigned char)token[i] > 0x7e)
+            return false;
+    return true;
+}
+
+void mx_auth_resolve(mx_auth_t *auth, const char *token, size_t len, mx_auth_waiter_t *waiter)
+{
+    if (!token_chars_ok(token, len)) {
+        waiter->cb(waiter, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+        return;
+    }
+    uint8_t hash[32];
+    crypto_hash_sha256(hash, (const unsigned char *)token, len);
+    entry_t *e = cache_find(auth, hash);
+    if (e != NULL && e->expires > h2o_now(auth->loop)) {
+        if (e->ok)
+            waiter->cb(waiter, MX_AUTH_OK, e->user_id, e->device_id);
+        else
+            waiter->cb(waiter, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+        return;
+    }
+    for (pending_t *p = auth->pending; p != NULL; p = p->next) {
+        if (memcmp(p->hash, hash, 32) == 0) {
+            h2o_linklist_insert(&p->waiters, &waiter->_link);
+            return;
+        }
+    }
+    start_lookup(auth, token, len, hash, waiter);
+}
+
+void mx_auth_cancel(mx_auth_waiter_t *waiter)
+{
+    /* The look-up itself goes on: its answer still fills the cache for the next request. */
+    if (h2o_linklist_is_linked(&waiter->_link))
+        h2o_linklist_unlink(&waiter->_link);
+}
+
+void mx_auth_free(mx_auth_t *auth)
+{
+    if (auth == NULL)
+        return;
+    while (auth->pending != NULL) {
+        pending_t *p = auth->pending;
+        auth->pending = p->next;
+        if (p->job != NULL)
+            mx_db_cancel(p->job);
+        if (p->whoami != NULL)
+            mx_whoami_cancel(p->whoami);
+        free(p);
+    }
+    for (size_t i = 0; i < CACHE_SLOTS; i++)
+        if (auth->slots[i].used)
+            entry_clear(&auth->slots[i]);
+    free(auth->slots);
+    if (auth->whoami != NULL)
+        mx_whoami_client_free(auth->whoami);
+    free(auth);
+}

@@ -518,6 +518,14 @@ broken:
     return MX_DB_DOWN;
 }
 
+int mx_db_result_ok(const PGresult *res)
+{
+    if (res == NULL)
+        return 0;
+    ExecStatusType st = PQresultStatus(res);
+    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
+}
+
 void mx_db_cancel(mx_db_job_t *job)
 {
     if (job != NULL)

@@ -159,14 +159,6 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
     }
 }
 
-int mx_db_result_ok(const PGresult *res)
-{
-    if (res == NULL)
-        return 0;
-    ExecStatusType st = PQresultStatus(res);
-    return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
-}
-
 void mx_call_db_error(mx_call_t *call, const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -283,6 +275,7 @@ static void authorise(mx_call_t *call)
             return;
         }
         call->_auth = h2o_mem_alloc_pool(&call->req->pool, sizeof(*call->_auth));
+        memset(call->_auth, 0, sizeof(*call->_auth));
         call->_auth->call = call;
         call->_auth->pending = true;
         call->_auth->waiter.cb = on_auth;
