@@ -22,6 +22,8 @@ extern const size_t mx_nroutes;
 
 /* How long a stopping worker waits for in-flight requests before it gives up on them. */
 #define DRAIN_LIMIT_MS 30000
+/* How long a starting worker waits for its database connections before accepting anyway. */
+#define STARTUP_DB_WAIT_MS 5000
 
 int mx_server_listen(mx_server_t *server, const mx_config_t *config, char *err, size_t errlen)
 {
@@ -94,6 +96,11 @@ static void *worker_main(void *arg)
         atomic_store(&server->stopping, true);
         return NULL;
     }
+    /* Accept only once this worker's database connections are up (or a few seconds passed): the first requests
+     * must not get 503 merely because the pool was still connecting. Connections wait in the listen backlog. */
+    uint64_t connect_deadline = h2o_now(w->loop) + STARTUP_DB_WAIT_MS;
+    while (!mx_db_pool_ready(w->db) && h2o_now(w->loop) < connect_deadline && !atomic_load(&server->stopping))
+        h2o_evloop_run(w->loop, 50);
     w->listener = h2o_evloop_socket_create(w->loop, fd, H2O_SOCKET_FLAG_DONT_READ);
     w->listener->data = w;
     h2o_socket_read_start(w->listener, on_accept);

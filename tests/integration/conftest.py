@@ -1,0 +1,301 @@
+"""Shared fixtures: a throwaway PostgreSQL per test session, mxkeysd servers over real HTTP, token minting.
+
+Fixture API (other test modules rely on these names and shapes):
+  pg                       session cluster: .conninfo, .stop(), .start(), .psql(sql) -> str
+  mxkeysd_path             the binary under test ($MXKEYSD, else ../../build/mxkeysd)
+  start_server(**flags)    start another mxkeysd (kwargs become --flags, '_' -> '-'); stopped at session end
+  server                   the default server: strict validation, local auth, admin token 'admintest'
+  new_user()               a fresh unique local user id
+  client(server, token)    requests wrapper: .get/.post/.put/.delete(path, json=, params=, headers=)
+  login(server, user_id=None, device_id=None) -> (user_id, device_id, client)
+"""
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+
+import pytest
+import requests
+
+PG_BIN = "/usr/lib/postgresql/15/bin"
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+CLIENT_PREFIX = "/_matrix/client/v3"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# PostgreSQL
+
+
+class Postgres:
+    """A private cluster in a temp dir. As root it runs as the `postgres` user (PostgreSQL refuses root)."""
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="mxkeys-pg-", dir="/tmp")
+        os.chmod(self.dir, 0o755)
+        self.data = os.path.join(self.dir, "data")
+        self.port = free_port()
+        self.as_user = None
+        if os.geteuid() == 0:
+            self.as_user = "postgres"
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.dir, pw.pw_uid, pw.pw_gid)
+        self._run([f"{PG_BIN}/initdb", "-D", self.data, "-A", "trust", "-U", "mxkeys", "-E", "UTF8", "--no-sync"])
+        with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
+            f.write(
+                f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+            )
+        self.start()
+        self._run([f"{PG_BIN}/createdb", "-h", self.dir, "-p", str(self.port), "-U", "mxkeys", "mxkeys"])
+        self.conninfo = f"host=127.0.0.1 port={self.port} user=mxkeys dbname=mxkeys"
+
+    def _run(self, argv, check=True):
+        if self.as_user:
+            argv = ["runuser", "-u", self.as_user, "--"] + argv
+        return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+
+    def start(self):
+        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "start"])
+
+    def stop(self):
+        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"], check=False)
+
+    def running(self):
+        return self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "status"], check=False).returncode == 0
+
+    def psql(self, sql):
+        r = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mxkeys", "-d", "mxkeys", "-At", "-v",
+             "ON_ERROR_STOP=1", "-c", sql],
+            capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise AssertionError(f"psql failed: {r.stderr}")
+        return r.stdout.strip()
+
+    def destroy(self):
+        self.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg():
+    cluster = Postgres()
+    yield cluster
+    cluster.destroy()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# mxkeysd
+
+
+@pytest.fixture(scope="session")
+def mxkeysd_path():
+    path = os.environ.get("MXKEYSD") or os.path.join(REPO, "build", "mxkeysd")
+    assert os.access(path, os.X_OK), f"mxkeysd binary not found at {path} (set MXKEYSD)"
+    return path
+
+
+def flag_args(flags):
+    argv = []
+    for key, value in flags.items():
+        if value is None:
+            continue
+        argv += ["--" + key.replace("_", "-"), str(value)]
+    return argv
+
+
+class Server:
+    def __init__(self, binary, pg, workdir, **flags):
+        self.binary = binary
+        self.pg = pg
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin_token = flags.get("admin_token")
+        self.flags = flags
+        self.database_url = flags.pop("database_url", pg.conninfo if pg else None)
+        self.stderr_path = os.path.join(workdir, f"mxkeysd-{self.port}.log")
+        args = {"listen": f"127.0.0.1:{self.port}", "workers": 2, "log_level": "info"}
+        args.update(flags)
+        if self.database_url:
+            args["database_url"] = self.database_url
+        self.argv = [binary, "serve"] + flag_args(args)
+        self._stderr = open(self.stderr_path, "w")
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            wait_for(self._healthy, 30, f"mxkeysd on port {self.port}")
+        except AssertionError:
+            self.stop(signal.SIGKILL)
+            raise AssertionError(f"mxkeysd did not become healthy:\n{self.stderr_text()[-3000:]}")
+
+    def _healthy(self):
+        if self.proc.poll() is not None:
+            raise AssertionError(f"mxkeysd exited with {self.proc.returncode}:\n{self.stderr_text()[-3000:]}")
+        try:
+            return requests.get(self.url + "/_mxkeys/health", timeout=1).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def stderr_text(self):
+        with open(self.stderr_path, errors="replace") as f:
+            return f.read()
+
+    def stop(self, sig=signal.SIGTERM, timeout=40):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._stderr.close()
+        return self.proc.returncode
+
+    def cli(self, *args, check=True):
+        """Runs an mxkeysd subcommand against this server's database."""
+        argv = [self.binary] + list(args) + ["--database-url", self.database_url]
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr}")
+        return r
+
+    def mint(self, user_id, device_id):
+        r = self.cli("token", "create", "--user", user_id, "--device", device_id)
+        token = r.stdout.strip()
+        assert token and "\n" not in token, f"unexpected token output {r.stdout!r}"
+        return token
+
+
+@pytest.fixture(scope="session")
+def workdir():
+    d = tempfile.mkdtemp(prefix="mxkeys-test-", dir="/tmp")
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def start_server(mxkeysd_path, pg, workdir):
+    started = []
+
+    def start(**flags):
+        s = Server(mxkeysd_path, pg, workdir, **flags)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture(scope="session")
+def server(start_server):
+    return start_server(admin_token="admintest")
+
+
+@pytest.fixture
+def new_user():
+    def make(localpart=None, server_name="localhost"):
+        return f"@{localpart or 'u' + secrets.token_hex(6)}:{server_name}"
+
+    return make
+
+
+class Client:
+    def __init__(self, server, token=None):
+        self.server = server
+        self.token = token
+        self.session = requests.Session()
+
+    def url(self, path):
+        if path.startswith(("/keys", "/room_keys", "/account")):
+            path = CLIENT_PREFIX + path
+        return self.server.url + path
+
+    def request(self, method, path, headers=None, **kwargs):
+        h = dict(headers or {})
+        if self.token is not None:
+            h.setdefault("Authorization", f"Bearer {self.token}")
+        kwargs.setdefault("timeout", 30)
+        return self.session.request(method, self.url(path), headers=h, **kwargs)
+
+    def get(self, path, **kw):
+        return self.request("GET", path, **kw)
+
+    def post(self, path, **kw):
+        return self.request("POST", path, **kw)
+
+    def put(self, path, **kw):
+        return self.request("PUT", path, **kw)
+
+    def delete(self, path, **kw):
+        return self.request("DELETE", path, **kw)
+
+
+@pytest.fixture
+def client():
+    made = []
+
+    def make(server, token=None):
+        c = Client(server, token)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.session.close()
+
+
+@pytest.fixture
+def login(client, new_user):
+    def make(server, user_id=None, device_id=None):
+        user_id = user_id or new_user()
+        device_id = device_id or "D" + secrets.token_hex(4).upper()
+        token = server.mint(user_id, device_id)
+        return user_id, device_id, client(server, token)
+
+    return make
+
+
+def assert_error(response, status, errcode):
+    """Asserts a Matrix error object with the given status and errcode; returns the body."""
+    assert response.status_code == status, f"expected {status} {errcode}, got {response.status_code}: {response.text}"
+    body = response.json()
+    assert body.get("errcode") == errcode, f"expected {errcode}, got {body}"
+    assert isinstance(body.get("error"), str)
+    return body
+
+
+@pytest.fixture(autouse=True)
+def per_test_timeout():
+    """No test may hang the suite."""
+
+    def on_alarm(signum, frame):
+        raise TimeoutError("test exceeded 120 s")
+
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.alarm(120)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
