@@ -1,2 +1,317 @@
--- placeholder: filled by the issue that owns this family
-SELECT 1;
+-- Device keys, one-time keys, fallback keys and the device-list change stream.
+-- Every table leads with user_id; every statement of a request touches one user's rows or an explicit set.
+
+-- The signed device-keys object as uploaded (without `unsigned`); served as stored.
+CREATE TABLE device_keys (
+    user_id      text  NOT NULL,
+    device_id    text  NOT NULL,
+    keys_json    jsonb NOT NULL,
+    display_name text,
+    PRIMARY KEY (user_id, device_id)
+);
+
+-- Unclaimed one-time keys. `seq` orders claims first-in first-out by upload (a sequence, never a clock).
+CREATE SEQUENCE one_time_key_seq;
+CREATE TABLE one_time_keys (
+    user_id   text   NOT NULL,
+    device_id text   NOT NULL,
+    algorithm text   NOT NULL,
+    key_id    text   NOT NULL,
+    key_json  jsonb  NOT NULL,
+    seq       bigint NOT NULL DEFAULT nextval('one_time_key_seq'),
+    PRIMARY KEY (user_id, device_id, algorithm, key_id)
+);
+CREATE INDEX one_time_keys_fifo ON one_time_keys (user_id, device_id, algorithm, seq);
+
+-- Ids of one-time keys already handed out: a client that re-uploads one (a retried upload) must not make the
+-- server hand the same key out twice.
+CREATE TABLE claimed_one_time_keys (
+    user_id   text NOT NULL,
+    device_id text NOT NULL,
+    algorithm text NOT NULL,
+    key_id    text NOT NULL,
+    PRIMARY KEY (user_id, device_id, algorithm, key_id)
+);
+
+CREATE TABLE fallback_keys (
+    user_id   text    NOT NULL,
+    device_id text    NOT NULL,
+    algorithm text    NOT NULL,
+    key_id    text    NOT NULL,
+    key_json  jsonb   NOT NULL,
+    used      boolean NOT NULL DEFAULT false,
+    PRIMARY KEY (user_id, device_id, algorithm)
+);
+
+-- Device-list changes behind /keys/changes. audience NULL: everyone may see it; otherwise only that user
+-- (a user-signing key change concerns its owner alone).
+CREATE SEQUENCE device_list_stream_seq;
+CREATE TABLE device_list_changes (
+    user_id   text   NOT NULL,
+    stream_id bigint NOT NULL,
+    device_id text,
+    audience  text,
+    PRIMARY KEY (user_id, stream_id)
+);
+CREATE INDEX device_list_changes_by_stream ON device_list_changes (stream_id);
+
+-- Raises a client error that the server turns into a Matrix error (DETAIL = "<status> <errcode>").
+CREATE FUNCTION mx_client_error(status int, errcode text, message text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'MXERR', MESSAGE = message, DETAIL = status::text || ' ' || errcode;
+END $$;
+
+-- Records a device-list change. Stream ids are taken under a transaction-scoped lock so that they become visible
+-- in order: a reader that saw id N can never later find a smaller id committed behind it.
+CREATE FUNCTION mx_record_device_change(p_user text, p_device text, p_audience text) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    id bigint;
+BEGIN
+    PERFORM pg_advisory_xact_lock(7283510001);
+    id := nextval('device_list_stream_seq');
+    INSERT INTO device_list_changes (user_id, stream_id, device_id, audience) VALUES (p_user, id, p_device, p_audience);
+    RETURN id;
+END $$;
+
+-- A key's identity for "same key re-uploaded?": its value without signatures.
+CREATE FUNCTION mx_key_content(v jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN jsonb_typeof(v) = 'object' THEN v - 'signatures' ELSE v END
+$$;
+
+-- Unclaimed one-time keys per algorithm, always with signed_curve25519.
+CREATE FUNCTION mx_otk_counts(p_user text, p_device text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object('signed_curve25519', 0) || COALESCE(jsonb_object_agg(algorithm, n), '{}')
+    FROM (SELECT algorithm, count(*) AS n FROM one_time_keys
+          WHERE user_id = p_user AND device_id = p_device GROUP BY algorithm) c
+$$;
+
+-- POST /keys/upload, all of it in one transaction. The caller has validated shapes and signatures.
+--   p_device_keys: the device-keys object, or NULL
+--   p_otks / p_fallbacks: {"<algorithm>:<key_id>": value}, or NULL
+-- Returns the one_time_key_counts object.
+CREATE FUNCTION mx_keys_upload(p_user text, p_device text, p_device_keys jsonb, p_otks jsonb, p_fallbacks jsonb,
+                               p_otk_cap int) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    old_keys jsonb;
+    conflict record;
+    stored int;
+BEGIN
+    IF p_device_keys IS NOT NULL THEN
+        SELECT keys_json INTO old_keys FROM device_keys WHERE user_id = p_user AND device_id = p_device FOR UPDATE;
+        IF old_keys IS NULL THEN
+            INSERT INTO device_keys (user_id, device_id, keys_json, display_name)
+            VALUES (p_user, p_device, p_device_keys - 'unsigned', p_device_keys -> 'unsigned' ->> 'device_display_name');
+            PERFORM mx_record_device_change(p_user, p_device, NULL);
+        ELSIF old_keys IS DISTINCT FROM (p_device_keys - 'unsigned') THEN
+            UPDATE device_keys SET keys_json = p_device_keys - 'unsigned',
+                   display_name = COALESCE(p_device_keys -> 'unsigned' ->> 'device_display_name', display_name)
+            WHERE user_id = p_user AND device_id = p_device;
+            IF old_keys -> 'keys' IS DISTINCT FROM p_device_keys -> 'keys' THEN
+                PERFORM mx_device_keys_replaced(p_user, p_device);
+            END IF;
+            PERFORM mx_record_device_change(p_user, p_device, NULL);
+        END IF;
+    END IF;
+
+    IF p_otks IS NOT NULL THEN
+        -- Same id, different key: refuse the whole request (nothing above is kept either: one transaction).
+        SELECT n.key AS id, o.key_json AS old_value, n.value AS new_value INTO conflict
+        FROM jsonb_each(p_otks) n
+        JOIN one_time_keys o ON o.user_id = p_user AND o.device_id = p_device
+             AND o.algorithm = split_part(n.key, ':', 1) AND o.key_id = split_part(n.key, ':', 2)
+        WHERE mx_key_content(o.key_json) IS DISTINCT FROM mx_key_content(n.value)
+        LIMIT 1;
+        IF FOUND THEN
+            PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
+                'one-time key %s already exists with different content: stored %s, uploaded %s',
+                conflict.id, conflict.old_value::text, conflict.new_value::text));
+        END IF;
+        -- New ids only; identical re-uploads and ids already handed out are accepted silently. Keys of one batch
+        -- get increasing seq in id order, so claims are first-in first-out by batch.
+        INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)
+        SELECT p_user, p_device, split_part(n.key, ':', 1), split_part(n.key, ':', 2), n.value
+        FROM jsonb_each(p_otks) n
+        WHERE NOT EXISTS (SELECT 1 FROM claimed_one_time_keys c
+                          WHERE c.user_id = p_user AND c.device_id = p_device
+                            AND c.algorithm = split_part(n.key, ':', 1) AND c.key_id = split_part(n.key, ':', 2))
+        ORDER BY n.key
+        ON CONFLICT DO NOTHING;
+        SELECT count(*) INTO stored FROM one_time_keys WHERE user_id = p_user AND device_id = p_device;
+        IF stored > p_otk_cap THEN
+            PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
+                'this upload would leave %s unclaimed one-time keys on device %s; the limit is %s',
+                stored, p_device, p_otk_cap));
+        END IF;
+    END IF;
+
+    IF p_fallbacks IS NOT NULL THEN
+        -- One fallback key per algorithm: a new key replaces the old and starts unused; the identical key keeps
+        -- its used flag.
+        INSERT INTO fallback_keys AS f (user_id, device_id, algorithm, key_id, key_json, used)
+        SELECT p_user, p_device, split_part(n.key, ':', 1), split_part(n.key, ':', 2), n.value, false
+        FROM jsonb_each(p_fallbacks) n
+        ON CONFLICT (user_id, device_id, algorithm) DO UPDATE
+            SET key_id = EXCLUDED.key_id, key_json = EXCLUDED.key_json,
+                used = CASE WHEN f.key_id = EXCLUDED.key_id
+                             AND mx_key_content(f.key_json) = mx_key_content(EXCLUDED.key_json)
+                            THEN f.used ELSE false END;
+    END IF;
+
+    RETURN mx_otk_counts(p_user, p_device);
+END $$;
+
+-- Hook for cross-signing: signatures made on a device's previous keys are dropped when the keys change.
+-- (Redefined by the cross-signing migration.)
+CREATE FUNCTION mx_device_keys_replaced(p_user text, p_device text) RETURNS void
+LANGUAGE sql AS $$ SELECT $$;
+
+-- The device's stored ed25519 key, for verifying signed one-time keys uploaded without device keys.
+CREATE FUNCTION mx_device_ed25519(p_user text, p_device text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT keys_json -> 'keys' ->> ('ed25519:' || p_device) FROM device_keys
+    WHERE user_id = p_user AND device_id = p_device
+$$;
+
+-- POST /keys/claim. p_wanted: {"<user>": {"<device>": "<algorithm>"}} (local users only).
+-- For each target, hands out the oldest unclaimed one-time key, or else the fallback key (marked used).
+-- Never the same one-time key twice, and never the fallback while one-time keys remain, under any concurrency:
+-- SKIP LOCKED takes a free key without queueing behind other claimers, and when every remaining key is locked by
+-- concurrent claims we wait for those claims to finish and look again rather than give up the fallback early.
+-- Targets are visited in a fixed order, so concurrent claims lock in the same order and cannot deadlock.
+CREATE FUNCTION mx_keys_claim(p_wanted jsonb) RETURNS jsonb
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+    k record;
+    result jsonb := '{}';
+    got jsonb;
+BEGIN
+    FOR t IN
+        SELECT u.key AS user_id, d.key AS device_id, d.value #>> '{}' AS algorithm
+        FROM jsonb_each(p_wanted) u, jsonb_each(u.value) d
+        ORDER BY 1, 2
+    LOOP
+        got := NULL;
+        LOOP
+            SELECT key_id, key_json INTO k FROM one_time_keys
+            WHERE user_id = t.user_id AND device_id = t.device_id AND algorithm = t.algorithm
+            ORDER BY seq LIMIT 1 FOR UPDATE SKIP LOCKED;
+            IF FOUND THEN
+                DELETE FROM one_time_keys
+                WHERE user_id = t.user_id AND device_id = t.device_id AND algorithm = t.algorithm AND key_id = k.key_id;
+                INSERT INTO claimed_one_time_keys VALUES (t.user_id, t.device_id, t.algorithm, k.key_id)
+                ON CONFLICT DO NOTHING;
+                got := jsonb_build_object(t.algorithm || ':' || k.key_id, k.key_json);
+                EXIT;
+            END IF;
+            PERFORM 1 FROM one_time_keys
+            WHERE user_id = t.user_id AND device_id = t.device_id AND algorithm = t.algorithm LIMIT 1;
+            IF NOT FOUND THEN
+                UPDATE fallback_keys SET used = true
+                WHERE user_id = t.user_id AND device_id = t.device_id AND algorithm = t.algorithm
+                RETURNING jsonb_build_object(algorithm || ':' || key_id, key_json) INTO got;
+                EXIT;
+            END IF;
+            -- Every remaining key is held by a concurrent claim: wait for one to commit or roll back, then retry.
+            PERFORM 1 FROM one_time_keys
+            WHERE user_id = t.user_id AND device_id = t.device_id AND algorithm = t.algorithm
+            ORDER BY seq LIMIT 1 FOR UPDATE;
+        END LOOP;
+        IF got IS NOT NULL THEN
+            result := jsonb_set(result, ARRAY[t.user_id], COALESCE(result -> t.user_id, '{}'), true);
+            result := jsonb_set(result, ARRAY[t.user_id, t.device_id], got, true);
+        END IF;
+    END LOOP;
+    RETURN result;
+END $$;
+
+-- Device objects for POST /keys/query as the viewer may see them.
+-- p_wanted: {"<user>": ["<device>", ...]} (an empty list: every device). Users without devices map to {}.
+-- Every device object carries `unsigned` (device_display_name when known). Cross-signatures are merged in by
+-- mx_visible_device_signatures (redefined by the cross-signing migration).
+CREATE FUNCTION mx_visible_device_signatures(p_viewer text, p_user text, p_device text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$ SELECT NULL::jsonb $$;
+
+-- Merges extra signatures {"<signer>": {"<key id>": sig}} into an object's `signatures`.
+CREATE FUNCTION mx_merge_signatures(obj jsonb, extra jsonb) RETURNS jsonb
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN extra IS NULL OR extra = '{}' THEN obj
+           ELSE jsonb_set(obj, '{signatures}', COALESCE(obj -> 'signatures', '{}') ||
+                   (SELECT jsonb_object_agg(e.signer, COALESCE(obj -> 'signatures' -> e.signer, '{}') || e.sigs)
+                    FROM jsonb_each(extra) e(signer, sigs)))
+           END
+$$;
+
+CREATE FUNCTION mx_query_device_keys(p_viewer text, p_wanted jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_object_agg(w.key, COALESCE(d.devices, '{}')), '{}')
+    FROM jsonb_each(p_wanted) w
+    LEFT JOIN LATERAL (
+        SELECT jsonb_object_agg(dk.device_id,
+                   mx_merge_signatures(dk.keys_json, mx_visible_device_signatures(p_viewer, dk.user_id, dk.device_id))
+                   || jsonb_build_object('unsigned',
+                          CASE WHEN dk.display_name IS NULL THEN '{}'::jsonb
+                               ELSE jsonb_build_object('device_display_name', dk.display_name) END)) AS devices
+        FROM device_keys dk
+        WHERE dk.user_id = w.key
+          AND (jsonb_array_length(w.value) = 0 OR dk.device_id IN (SELECT jsonb_array_elements_text(w.value)))
+    ) d ON true
+$$;
+
+-- Cross-signing keys for POST /keys/query (filled in by the cross-signing migration): usage is 'master',
+-- 'self_signing' or 'user_signing'.
+CREATE FUNCTION mx_query_cross_signing_keys(p_viewer text, p_wanted jsonb, p_usage text) RETURNS jsonb
+LANGUAGE sql STABLE AS $$ SELECT '{}'::jsonb $$;
+
+-- POST /keys/query without `failures` (the server adds remote users there).
+CREATE FUNCTION mx_keys_query(p_viewer text, p_wanted jsonb) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'device_keys', mx_query_device_keys(p_viewer, p_wanted),
+        'master_keys', mx_query_cross_signing_keys(p_viewer, p_wanted, 'master'),
+        'self_signing_keys', mx_query_cross_signing_keys(p_viewer, p_wanted, 'self_signing'),
+        'user_signing_keys', mx_query_cross_signing_keys(p_viewer, p_wanted, 'user_signing'))
+$$;
+
+-- GET /keys/changes: users whose device lists changed in (p_from, p_to] that the viewer may see.
+CREATE FUNCTION mx_keys_changes(p_viewer text, p_from bigint, p_to bigint) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(jsonb_agg(DISTINCT user_id), '[]') FROM device_list_changes
+    WHERE stream_id > p_from AND stream_id <= p_to AND (audience IS NULL OR audience = p_viewer)
+$$;
+
+-- The newest stream id whose change is committed (ids become visible in order, see mx_record_device_change).
+CREATE FUNCTION mx_device_stream_position() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT COALESCE(max(stream_id), 0) FROM device_list_changes
+$$;
+
+-- Homeserver integration: a device was deleted, or a user deactivated (p_device NULL: every device).
+-- Idempotent: a second call finds nothing and records nothing. Returns the number of devices touched.
+CREATE FUNCTION mx_delete_devices(p_user text, p_device text) RETURNS int
+LANGUAGE plpgsql AS $$
+DECLARE
+    d text;
+    n int := 0;
+BEGIN
+    FOR d IN
+        SELECT device_id FROM device_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+        UNION SELECT device_id FROM one_time_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+        UNION SELECT device_id FROM fallback_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+        ORDER BY 1
+    LOOP
+        DELETE FROM device_keys WHERE user_id = p_user AND device_id = d;
+        DELETE FROM one_time_keys WHERE user_id = p_user AND device_id = d;
+        DELETE FROM fallback_keys WHERE user_id = p_user AND device_id = d;
+        DELETE FROM claimed_one_time_keys WHERE user_id = p_user AND device_id = d;
+        PERFORM mx_device_keys_replaced(p_user, d);
+        PERFORM mx_record_device_change(p_user, d, NULL);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END $$;

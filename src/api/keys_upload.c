@@ -1,8 +1,180 @@
-/* keys_upload.c: not written yet; owned by the issue that implements this family. */
+/* POST /keys/upload: device keys, one-time keys and fallback keys of the caller's device, in one transaction.
+ * Validate everything (and in strict mode verify every signature) before a single write; a conflict found by the
+ * database rolls the whole upload back. */
+#include <stdio.h>
+#include <string.h>
 #include "mxkeys/api.h"
+#include "mxkeys/canonical_json.h"
+#include "mxkeys/json_writer.h"
+#include "mxkeys/keys_validate.h"
+
+typedef struct st_upload_t {
+    const json_t *device_keys, *otks, *fallbacks;
+    char *device_keys_text, *otks_text, *fallbacks_text;
+} upload_t;
+
+/* Canonical text of a validated value, in request memory (NULL in, NULL out). */
+static char *to_text(mx_call_t *call, const json_t *v)
+{
+    if (v == NULL)
+        return NULL;
+    mx_buf_t *buf = mx_call_buf(call);
+    const char *why;
+    if (mx_canonical_json(v, buf, &why) != 0)
+        return NULL; /* cannot happen: every value passed mx_canonical_json_check */
+    return buf->data;
+}
+
+static const json_t *optional_object(mx_call_t *call, const char *name, const json_t *v, bool *bad)
+{
+    if (v != NULL && !json_is_object(v)) {
+        mx_call_error(call, MX_ERR_BAD_JSON, "`%s` must be an object", name);
+        *bad = true;
+    }
+    return v;
+}
+
+/* Checks every key of a one_time_keys / fallback_keys map; answers and returns -1 on the first problem. */
+static int check_key_map(mx_call_t *call, const json_t *map, bool is_fallback, const char *ed25519)
+{
+    const bool strict = call->config->validation == MX_VALIDATION_STRICT;
+    const char *id;
+    json_t *value;
+    char algorithms[16][64];
+    size_t nalg = 0;
+    json_object_foreach((json_t *)map, id, value)
+    {
+        mx_err_t err;
+        char why[MX_WHY_LEN];
+        if (mx_check_one_time_key(id, value, call->user_id, call->device_id, strict, ed25519, &err, why) != NULL) {
+            mx_call_error(call, err, "%s", why);
+            return -1;
+        }
+        if (is_fallback) {
+            /* one fallback key per algorithm */
+            size_t alen = (size_t)(strchr(id, ':') - id);
+            for (size_t i = 0; i < nalg; i++) {
+                if (strlen(algorithms[i]) == alen && memcmp(algorithms[i], id, alen) == 0) {
+                    mx_call_error(call, MX_ERR_INVALID_PARAM, "fallback_keys: more than one key for algorithm %.*s",
+                                  (int)alen, id);
+                    return -1;
+                }
+            }
+            if (nalg < 16 && alen < 64)
+                snprintf(algorithms[nalg++], 64, "%.*s", (int)alen, id);
+        }
+    }
+    return 0;
+}
+
+static bool needs_device_key(const json_t *otks, const json_t *fallbacks)
+{
+    const json_t *maps[2] = {otks, fallbacks};
+    for (int m = 0; m < 2; m++) {
+        const char *id;
+        json_t *value;
+        if (maps[m] == NULL)
+            continue;
+        json_object_foreach((json_t *)maps[m], id, value)
+        {
+            if (mx_one_time_key_is_signed(value))
+                return true;
+        }
+    }
+    return false;
+}
+
+static void on_uploaded(mx_call_t *call, PGresult **results, size_t n)
+{
+    (void)n;
+    if (!mx_db_result_ok(results[0])) {
+        mx_call_db_error(call, results[0]);
+        return;
+    }
+    mx_buf_t *buf = mx_call_buf(call);
+    mx_jw_t jw;
+    mx_jw_init(&jw, buf);
+    mx_jw_object_begin(&jw);
+    mx_jw_key(&jw, "one_time_key_counts");
+    mx_jw_raw(&jw, PQgetvalue(results[0], 0, 0), (size_t)PQgetlength(results[0], 0, 0));
+    mx_jw_object_end(&jw);
+    mx_call_respond_buf(call, 200, buf);
+}
+
+static void store(mx_call_t *call)
+{
+    upload_t *u = call->data;
+    char cap[16];
+    snprintf(cap, sizeof(cap), "%u", call->config->max_otks_per_device);
+    const char *params[6] = {call->user_id, call->device_id, u->device_keys_text, u->otks_text, u->fallbacks_text, cap};
+    mx_db_stmt_t stmt = {.id = MX_STMT_KEYS_UPLOAD, .nparams = 6, .values = params};
+    (void)mx_call_db(call, &stmt, 1, on_uploaded);
+}
+
+/* Validates the key maps against `ed25519`, then stores. */
+static void check_keys_and_store(mx_call_t *call, const char *ed25519)
+{
+    upload_t *u = call->data;
+    if ((u->otks != NULL && check_key_map(call, u->otks, false, ed25519) != 0) ||
+        (u->fallbacks != NULL && check_key_map(call, u->fallbacks, true, ed25519) != 0))
+        return;
+    u->otks_text = to_text(call, u->otks);
+    u->fallbacks_text = to_text(call, u->fallbacks);
+    store(call);
+}
+
+static void on_stored_device_key(mx_call_t *call, PGresult **results, size_t n)
+{
+    (void)n;
+    if (!mx_db_result_ok(results[0])) {
+        mx_call_db_error(call, results[0]);
+        return;
+    }
+    const char *ed25519 = PQgetisnull(results[0], 0, 0) ? NULL : PQgetvalue(results[0], 0, 0);
+    check_keys_and_store(call, ed25519 ? mx_call_strdup(call, ed25519, strlen(ed25519)) : NULL);
+}
 
 void mx_api_keys_upload(mx_call_t *call)
 {
-    mx_call_error(call, MX_ERR_UNRECOGNIZED_PATH, "not implemented yet");
-}
+    upload_t *u = mx_call_alloc(call, sizeof(*u));
+    memset(u, 0, sizeof(*u));
+    call->data = u;
+    bool bad = false;
+    const json_t *fallbacks = json_object_get(call->body, "fallback_keys");
+    if (fallbacks == NULL)
+        fallbacks = json_object_get(call->body, "org.matrix.msc2732.fallback_keys");
+    u->device_keys = json_object_get(call->body, "device_keys");
+    u->otks = optional_object(call, "one_time_keys", json_object_get(call->body, "one_time_keys"), &bad);
+    if (!bad)
+        u->fallbacks = optional_object(call, "fallback_keys", fallbacks, &bad);
+    if (bad)
+        return;
+    size_t entries = (u->otks ? json_object_size(u->otks) : 0) + (u->fallbacks ? json_object_size(u->fallbacks) : 0);
+    if (entries > call->config->max_keys_per_request) {
+        mx_call_error(call, MX_ERR_INVALID_PARAM, "too many keys in one upload: %zu (the limit is %u)", entries,
+                      call->config->max_keys_per_request);
+        return;
+    }
 
+    const char *ed25519 = NULL;
+    if (u->device_keys != NULL) {
+        mx_err_t err;
+        char why[MX_WHY_LEN];
+        if (mx_check_device_keys(u->device_keys, call->user_id, call->device_id,
+                                 call->config->validation == MX_VALIDATION_STRICT, &ed25519, &err, why) != NULL) {
+            mx_call_error(call, err, "%s", why);
+            return;
+        }
+        u->device_keys_text = to_text(call, u->device_keys);
+    }
+    /* Signed keys uploaded without device keys are checked against the device's stored key: one extra round trip,
+     * only in strict mode and only when needed. */
+    if (ed25519 == NULL && call->config->validation == MX_VALIDATION_STRICT &&
+        needs_device_key(u->otks, u->fallbacks)) {
+        const char *params[2] = {call->user_id, call->device_id};
+        mx_db_stmt_t stmt = {.id = MX_STMT_KEYS_DEVICE_ED25519, .nparams = 2, .values = params};
+        (void)mx_call_db(call, &stmt, 1, on_stored_device_key);
+        return;
+    }
+    check_keys_and_store(call, ed25519);
+}
