@@ -10,4 +10,3 @@ void mx_api_signatures_upload(mx_call_t *call)
 {
     mx_call_error(call, MX_ERR_UNRECOGNIZED_PATH, "not implemented yet");
 }
-

@@ -15,4 +15,3 @@ void mx_api_backup_keys_delete(mx_call_t *call)
 {
     mx_call_error(call, MX_ERR_UNRECOGNIZED_PATH, "not implemented yet");
 }
-

@@ -25,4 +25,3 @@ void mx_api_backup_version_delete(mx_call_t *call)
 {
     mx_call_error(call, MX_ERR_UNRECOGNIZED_PATH, "not implemented yet");
 }
-
