@@ -8,6 +8,7 @@
 
 #include <jansson.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include "mxkeys/buf.h"
 #include "mxkeys/db.h"
 #include "mxkeys/errors.h"
@@ -36,6 +37,7 @@ struct st_mx_call_t {
     struct st_mx_call_auth_t *_auth;
     uint64_t _started_ns;
     int _status;
+    bool _streaming; /* a streamed response has started: failures abort it instead of answering */
 };
 
 /** Request-lifetime memory. */
@@ -65,8 +67,20 @@ void mx_call_respond_status(mx_call_t *call, int status, const char *json, size_
 void mx_call_respond_typed(mx_call_t *call, int status, const char *content_type, const char *body, size_t len);
 
 /**
+ * Starts a streamed response (chunked; no Content-Length) for bodies too large to build at once. h2o calls
+ * `generator->proceed` when the previous chunk is written: send the next one from there. Metrics and the access
+ * log count the request at this point.
+ */
+void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generator);
+/** Sends a chunk of a streamed response; the bytes must stay valid until `proceed` runs or the request ends. */
+void mx_call_stream_send(mx_call_t *call, const char *data, size_t len, bool final);
+/** Ends a streamed response that cannot be completed (the client sees a truncated body, never a wrong one). */
+void mx_call_stream_abort(mx_call_t *call);
+
+/**
  * Submits a DB job for the call. On success returns 0 and `cb` runs with the results. When the pool is busy or down
- * (now or before the results arrive) the call is answered with 503 here and `cb` never runs; returns -1 if answered now.
+ * (now or before the results arrive) the call is answered with 503 here (a streamed response is aborted) and `cb`
+ * never runs; returns -1 if answered now.
  */
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
 /**

@@ -132,12 +132,20 @@ const char *mx_call_query(mx_call_t *call, const char *name)
 
 /* ---- DB -------------------------------------------------------------------------------------------------------- */
 
+static void db_unavailable(mx_call_t *call)
+{
+    if (call->_streaming)
+        mx_call_stream_abort(call);
+    else
+        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+}
+
 static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, size_t nresults)
 {
     mx_call_t *call = owner;
     call->_job = NULL;
     if (status != MX_DB_OK) {
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        db_unavailable(call);
         return;
     }
     call->_db_cb(call, results, nresults);
@@ -150,11 +158,14 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
     case MX_DB_OK:
         return 0;
     case MX_DB_BUSY:
-        mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100",
-                            "too many requests in flight on this worker; retry shortly");
+        if (call->_streaming)
+            mx_call_stream_abort(call);
+        else
+            mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100",
+                                "too many requests in flight on this worker; retry shortly");
         return -1;
     default:
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        db_unavailable(call);
         return -1;
     }
 }

@@ -136,6 +136,10 @@ void mx_call_respond_buf(mx_call_t *call, int status, mx_buf_t *buf)
 
 static void call_error_v(mx_call_t *call, mx_err_t err, const char *extra, const char *fmt, va_list ap)
 {
+    if (call->_streaming) { /* too late for an error status: cut the body short */
+        mx_call_stream_abort(call);
+        return;
+    }
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     mx_buf_t *buf = mx_call_buf(call);
@@ -188,4 +192,31 @@ void mx_http_respond_options(h2o_req_t *req, mx_worker_t *w)
 {
     account(req, w, MX_METRICS_UNROUTED, NULL, NULL, 204, 0);
     send_body(req, 204, NULL, 0, "", 0);
+}
+
+/* ---- streamed responses ----------------------------------------------------------------------------------------- */
+
+void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generator)
+{
+    h2o_req_t *req = call->req;
+    call->_status = status;
+    call->_streaming = true;
+    account(req, call->worker, call->route_index, call->route->name, call->user_id, status, call->_started_ns);
+    req->res.status = status;
+    req->res.reason = reason_phrase(status);
+    add_cors(req);
+    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    h2o_start_response(req, generator);
+}
+
+void mx_call_stream_send(mx_call_t *call, const char *data, size_t len, bool final)
+{
+    h2o_iovec_t buf = h2o_iovec_init(data, len);
+    h2o_send(call->req, &buf, len ? 1 : 0, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
+}
+
+void mx_call_stream_abort(mx_call_t *call)
+{
+    mx_warn("%s: streamed response aborted", call->route->name);
+    h2o_send(call->req, NULL, 0, H2O_SEND_STATE_ERROR);
 }

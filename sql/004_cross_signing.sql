@@ -1,2 +1,0 @@
--- placeholder: filled by the issue that owns this family
-SELECT 1;
