@@ -92,44 +92,72 @@ $$;
 -- POST /keys/upload, all of it in one transaction. The caller has validated shapes and signatures.
 --   p_device_keys: the device-keys object, or NULL
 --   p_otks / p_fallbacks: {"<algorithm>:<key_id>": value}, or NULL
--- Returns the one_time_key_counts object.
+-- Returns the one_time_key_counts object. Any error raised here rolls back everything the call did.
 CREATE FUNCTION mx_keys_upload(p_user text, p_device text, p_device_keys jsonb, p_otks jsonb, p_fallbacks jsonb,
                                p_otk_cap int) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
+    new_keys jsonb := p_device_keys - 'unsigned';
     old_keys jsonb;
+    changed boolean := false;
     conflict record;
     stored int;
 BEGIN
     IF p_device_keys IS NOT NULL THEN
-        SELECT keys_json INTO old_keys FROM device_keys WHERE user_id = p_user AND device_id = p_device FOR UPDATE;
-        IF old_keys IS NULL THEN
-            INSERT INTO device_keys (user_id, device_id, keys_json, display_name)
-            VALUES (p_user, p_device, p_device_keys - 'unsigned', p_device_keys -> 'unsigned' ->> 'device_display_name');
-            PERFORM mx_record_device_change(p_user, p_device, NULL);
-        ELSIF old_keys IS DISTINCT FROM (p_device_keys - 'unsigned') THEN
-            UPDATE device_keys SET keys_json = p_device_keys - 'unsigned',
-                   display_name = COALESCE(p_device_keys -> 'unsigned' ->> 'device_display_name', display_name)
-            WHERE user_id = p_user AND device_id = p_device;
-            IF old_keys -> 'keys' IS DISTINCT FROM p_device_keys -> 'keys' THEN
-                PERFORM mx_device_keys_replaced(p_user, p_device);
+        -- An identical re-upload (what clients do on every start) is answered from a plain read: no row lock, no
+        -- write, no change recorded.
+        SELECT keys_json INTO old_keys FROM device_keys WHERE user_id = p_user AND device_id = p_device;
+        IF old_keys IS DISTINCT FROM new_keys THEN
+            IF mx_device_id_forbidden(p_user, p_device) THEN
+                PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
+                    'device id %s is one of the cross-signing public keys of %s', p_device, p_user));
             END IF;
-            PERFORM mx_record_device_change(p_user, p_device, NULL);
+            -- Insert or lock-and-replace; a concurrent first upload of the same device makes the INSERT find the
+            -- other's row, and the loop then replaces it under the row lock (never a unique-violation 500).
+            LOOP
+                SELECT keys_json INTO old_keys FROM device_keys
+                WHERE user_id = p_user AND device_id = p_device FOR UPDATE;
+                IF FOUND THEN
+                    IF old_keys IS DISTINCT FROM new_keys THEN
+                        UPDATE device_keys SET keys_json = new_keys,
+                               display_name = COALESCE(p_device_keys -> 'unsigned' ->> 'device_display_name',
+                                                       display_name)
+                        WHERE user_id = p_user AND device_id = p_device;
+                        -- A cross-signature covers everything but `signatures`/`unsigned`: once that changes, the
+                        -- signatures made on the old object are void.
+                        IF (old_keys - 'signatures') IS DISTINCT FROM (new_keys - 'signatures') THEN
+                            PERFORM mx_device_keys_replaced(p_user, p_device);
+                        END IF;
+                        changed := true;
+                    END IF;
+                    EXIT;
+                END IF;
+                INSERT INTO device_keys (user_id, device_id, keys_json, display_name)
+                VALUES (p_user, p_device, new_keys, p_device_keys -> 'unsigned' ->> 'device_display_name')
+                ON CONFLICT DO NOTHING;
+                IF FOUND THEN
+                    -- a device id reused after deletion must not inherit signatures made on another device's keys
+                    PERFORM mx_device_keys_replaced(p_user, p_device);
+                    changed := true;
+                    EXIT;
+                END IF;
+            END LOOP;
         END IF;
     END IF;
 
-    IF p_otks IS NOT NULL THEN
-        -- Same id, different key: refuse the whole request (nothing above is kept either: one transaction).
+    IF p_otks IS NOT NULL AND p_otks <> '{}' THEN
+        -- Same id, different key: refuse the whole request (the device keys above are rolled back with it).
         SELECT n.key AS id, o.key_json AS old_value, n.value AS new_value INTO conflict
         FROM jsonb_each(p_otks) n
         JOIN one_time_keys o ON o.user_id = p_user AND o.device_id = p_device
              AND o.algorithm = split_part(n.key, ':', 1) AND o.key_id = split_part(n.key, ':', 2)
         WHERE mx_key_content(o.key_json) IS DISTINCT FROM mx_key_content(n.value)
+        ORDER BY n.key
         LIMIT 1;
         IF FOUND THEN
             PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
-                'one-time key %s already exists with different content: stored %s, uploaded %s',
-                conflict.id, conflict.old_value::text, conflict.new_value::text));
+                'one-time key %s is already stored with different content: stored %s, uploaded %s; nothing was '
+                'stored from this request', conflict.id, conflict.old_value::text, conflict.new_value::text));
         END IF;
         -- New ids only; identical re-uploads and ids already handed out are accepted silently. Keys of one batch
         -- get increasing seq in id order, so claims are first-in first-out by batch.
@@ -141,15 +169,17 @@ BEGIN
                             AND c.algorithm = split_part(n.key, ':', 1) AND c.key_id = split_part(n.key, ':', 2))
         ORDER BY n.key
         ON CONFLICT DO NOTHING;
-        SELECT count(*) INTO stored FROM one_time_keys WHERE user_id = p_user AND device_id = p_device;
-        IF stored > p_otk_cap THEN
-            PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
-                'this upload would leave %s unclaimed one-time keys on device %s; the limit is %s',
-                stored, p_device, p_otk_cap));
+        IF FOUND THEN
+            SELECT count(*) INTO stored FROM one_time_keys WHERE user_id = p_user AND device_id = p_device;
+            IF stored > p_otk_cap THEN
+                PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
+                    'this upload would leave %s unclaimed one-time keys on device %s; the limit is %s per device: '
+                    'upload fewer keys', stored, p_device, p_otk_cap));
+            END IF;
         END IF;
     END IF;
 
-    IF p_fallbacks IS NOT NULL THEN
+    IF p_fallbacks IS NOT NULL AND p_fallbacks <> '{}' THEN
         -- One fallback key per algorithm: a new key replaces the old and starts unused; the identical key keeps
         -- its used flag.
         INSERT INTO fallback_keys AS f (user_id, device_id, algorithm, key_id, key_json, used)
@@ -159,15 +189,30 @@ BEGIN
             SET key_id = EXCLUDED.key_id, key_json = EXCLUDED.key_json,
                 used = CASE WHEN f.key_id = EXCLUDED.key_id
                              AND mx_key_content(f.key_json) = mx_key_content(EXCLUDED.key_json)
-                            THEN f.used ELSE false END;
+                            THEN f.used ELSE false END
+            WHERE f.key_id IS DISTINCT FROM EXCLUDED.key_id OR f.key_json IS DISTINCT FROM EXCLUDED.key_json;
     END IF;
 
+    -- Last, so the stream's ordering lock (mx_record_device_change) is held only until the commit right after.
+    IF changed THEN
+        PERFORM mx_record_device_change(p_user, p_device, NULL);
+    END IF;
     RETURN mx_otk_counts(p_user, p_device);
 END $$;
 
 -- Hook for cross-signing: signatures made on a device's previous keys are dropped when the keys change.
 -- (Redefined by the cross-signing migration.)
 CREATE FUNCTION mx_device_keys_replaced(p_user text, p_device text) RETURNS void
+LANGUAGE sql AS $$ SELECT $$;
+
+-- Hook for cross-signing: a device id may not be one of the user's cross-signing public keys. (Redefined by the
+-- cross-signing migration.)
+CREATE FUNCTION mx_device_id_forbidden(p_user text, p_device text) RETURNS boolean
+LANGUAGE sql STABLE AS $$ SELECT false $$;
+
+-- Hook for cross-signing: a deactivated user loses everything else it owns. (Redefined by the cross-signing
+-- migration.)
+CREATE FUNCTION mx_user_deleted(p_user text) RETURNS void
 LANGUAGE sql AS $$ SELECT $$;
 
 -- The device's stored ed25519 key, for verifying signed one-time keys uploaded without device keys.
@@ -293,25 +338,30 @@ $$;
 
 -- Homeserver integration: a device was deleted, or a user deactivated (p_device NULL: every device).
 -- Idempotent: a second call finds nothing and records nothing. Returns the number of devices touched.
+-- Rows first, stream entries last: every writer takes its row locks before the stream's ordering lock, so a
+-- concurrent upload of the same device cannot deadlock with this.
 CREATE FUNCTION mx_delete_devices(p_user text, p_device text) RETURNS int
 LANGUAGE plpgsql AS $$
 DECLARE
+    touched text[];
     d text;
-    n int := 0;
 BEGIN
-    FOR d IN
-        SELECT device_id FROM device_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
-        UNION SELECT device_id FROM one_time_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
-        UNION SELECT device_id FROM fallback_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
-        ORDER BY 1
-    LOOP
-        DELETE FROM device_keys WHERE user_id = p_user AND device_id = d;
-        DELETE FROM one_time_keys WHERE user_id = p_user AND device_id = d;
-        DELETE FROM fallback_keys WHERE user_id = p_user AND device_id = d;
-        DELETE FROM claimed_one_time_keys WHERE user_id = p_user AND device_id = d;
+    WITH dk AS (DELETE FROM device_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+                RETURNING device_id),
+         otk AS (DELETE FROM one_time_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+                 RETURNING device_id),
+         fb AS (DELETE FROM fallback_keys WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device)
+                RETURNING device_id),
+         claimed AS (DELETE FROM claimed_one_time_keys
+                     WHERE user_id = p_user AND (p_device IS NULL OR device_id = p_device))
+    SELECT array_agg(DISTINCT device_id ORDER BY device_id) INTO touched
+    FROM (SELECT device_id FROM dk UNION ALL SELECT device_id FROM otk UNION ALL SELECT device_id FROM fb) t;
+    IF p_device IS NULL THEN
+        PERFORM mx_user_deleted(p_user);
+    END IF;
+    FOREACH d IN ARRAY COALESCE(touched, '{}') LOOP
         PERFORM mx_device_keys_replaced(p_user, d);
         PERFORM mx_record_device_change(p_user, d, NULL);
-        n := n + 1;
     END LOOP;
-    RETURN n;
+    RETURN COALESCE(array_length(touched, 1), 0);
 END $$;

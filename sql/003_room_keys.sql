@@ -16,8 +16,8 @@ CREATE TABLE backup_versions (
 CREATE TABLE backup_sessions (
     user_id             text    NOT NULL,
     version             bigint  NOT NULL,
-    room_id             text    NOT NULL,
-    session_id          text    NOT NULL,
+    room_id             text    COLLATE "C" NOT NULL, -- byte order: cheap comparisons, stable keyset paging
+    session_id          text    COLLATE "C" NOT NULL,
     first_message_index bigint  NOT NULL,
     forwarded_count     bigint  NOT NULL,
     is_verified         boolean NOT NULL,
@@ -164,9 +164,16 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM mx_client_error(404, 'M_NOT_FOUND', format('no backup version %s', p_version));
     END IF;
-    DELETE FROM backup_sessions
-    WHERE user_id = p_user AND version = p_version
-      AND (p_room IS NULL OR room_id = p_room) AND (p_session IS NULL OR session_id = p_session);
+    -- One statement per level, so each keeps an index plan of its own (a cached generic plan of
+    -- "p_room IS NULL OR room_id = p_room" would scan the whole version to delete one session).
+    IF p_room IS NULL THEN
+        DELETE FROM backup_sessions WHERE user_id = p_user AND version = p_version;
+    ELSIF p_session IS NULL THEN
+        DELETE FROM backup_sessions WHERE user_id = p_user AND version = p_version AND room_id = p_room;
+    ELSE
+        DELETE FROM backup_sessions
+        WHERE user_id = p_user AND version = p_version AND room_id = p_room AND session_id = p_session;
+    END IF;
     GET DIAGNOSTICS removed = ROW_COUNT;
     UPDATE backup_versions
     SET count = count - removed, etag = etag + CASE WHEN removed > 0 THEN 1 ELSE 0 END

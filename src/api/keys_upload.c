@@ -38,33 +38,32 @@ static const json_t *optional_object(mx_call_t *call, const char *name, const js
 static int check_key_map(mx_call_t *call, const json_t *map, bool is_fallback, const char *ed25519)
 {
     const bool strict = call->config->validation == MX_VALIDATION_STRICT;
+    json_t *algorithms = is_fallback ? json_object() : NULL; /* one fallback key per algorithm */
+    int rc = -1;
     const char *id;
     json_t *value;
-    char algorithms[16][64];
-    size_t nalg = 0;
     json_object_foreach((json_t *)map, id, value)
     {
         mx_err_t err;
         char why[MX_WHY_LEN];
         if (mx_check_one_time_key(id, value, call->user_id, call->device_id, strict, ed25519, &err, why) != NULL) {
             mx_call_error(call, err, "%s", why);
-            return -1;
+            goto done;
         }
         if (is_fallback) {
-            /* one fallback key per algorithm */
             size_t alen = (size_t)(strchr(id, ':') - id);
-            for (size_t i = 0; i < nalg; i++) {
-                if (strlen(algorithms[i]) == alen && memcmp(algorithms[i], id, alen) == 0) {
-                    mx_call_error(call, MX_ERR_INVALID_PARAM, "fallback_keys: more than one key for algorithm %.*s",
-                                  (int)alen, id);
-                    return -1;
-                }
+            if (json_object_getn(algorithms, id, alen) != NULL) {
+                mx_call_error(call, MX_ERR_INVALID_PARAM, "fallback_keys: more than one key for algorithm %.*s",
+                              (int)alen, id);
+                goto done;
             }
-            if (nalg < 16 && alen < 64)
-                snprintf(algorithms[nalg++], 64, "%.*s", (int)alen, id);
+            json_object_setn_new(algorithms, id, alen, json_true());
         }
     }
-    return 0;
+    rc = 0;
+done:
+    json_decref(algorithms);
+    return rc;
 }
 
 static bool needs_device_key(const json_t *otks, const json_t *fallbacks)
@@ -136,6 +135,12 @@ static void on_stored_device_key(mx_call_t *call, PGresult **results, size_t n)
 
 void mx_api_keys_upload(mx_call_t *call)
 {
+    /* A token without a device (homeserver auth for an appservice or a device-less login) has nowhere to keep keys;
+     * an empty upload still answers its counts (none). */
+    if (call->device_id[0] == '\0' && json_object_size(call->body) != 0) {
+        mx_call_error(call, MX_ERR_INVALID_PARAM, "this access token has no device: keys cannot be uploaded with it");
+        return;
+    }
     upload_t *u = mx_call_alloc(call, sizeof(*u));
     memset(u, 0, sizeof(*u));
     call->data = u;

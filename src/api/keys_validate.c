@@ -158,6 +158,13 @@ const char *mx_check_one_time_key(const char *id, const json_t *value, const cha
 {
     if (!mx_key_id_valid(id))
         return fail(err, MX_ERR_BAD_JSON, why, "key id `%s` must be <algorithm>:<key id> with exactly one ':'", id);
+    /* The algorithm fixes the value's form (spec: "The format of the key is determined by the key algorithm"). Only
+     * strict mode holds clients to it: conformance suites upload string keys under any algorithm name. */
+    if (strict && strncmp(id, "signed_curve25519:", 18) == 0 && !json_is_object(value))
+        return fail(err, MX_ERR_BAD_JSON, why, "key %s: a signed_curve25519 key must be an object {key, signatures}",
+                    id);
+    if (strict && strncmp(id, "curve25519:", 11) == 0 && !json_is_string(value))
+        return fail(err, MX_ERR_BAD_JSON, why, "key %s: a curve25519 key must be a string", id);
     if (json_is_string(value)) {
         if (strict && !mx_base64_is_key(json_string_value(value), CURVE25519_KEY_BYTES))
             return fail(err, MX_ERR_INVALID_PARAM, why, "key %s is not an unpadded-base64 curve25519 key", id);

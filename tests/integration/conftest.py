@@ -86,7 +86,7 @@ class Postgres:
 
     def psql(self, sql):
         r = subprocess.run(
-            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mxkeys", "-d", "mxkeys", "-At", "-v",
+            [f"{PG_BIN}/psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "mxkeys", "-d", "mxkeys", "-At", "-v",
              "ON_ERROR_STOP=1", "-c", sql],
             capture_output=True, text=True, timeout=30)
         if r.returncode != 0:
@@ -133,6 +133,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = flags.get("admin_token")
         self.flags = flags
+        self.stopped = False  # set by stop(): a server that exits without it crashed
         self.database_url = flags.pop("database_url", pg.conninfo if pg else None)
         self.stderr_path = os.path.join(workdir, f"mxkeysd-{self.port}.log")
         args = {"listen": f"127.0.0.1:{self.port}", "workers": 2, "log_level": "info"}
@@ -162,6 +163,8 @@ class Server:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM, timeout=40):
+        """Signals the server and waits for it; returns its exit status (negative: killed by that signal)."""
+        self.stopped = True
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -195,18 +198,31 @@ def workdir():
     shutil.rmtree(d, ignore_errors=True)
 
 
+_started_servers = []
+
+
 @pytest.fixture(scope="session")
 def start_server(mxkeysd_path, pg, workdir):
-    started = []
-
     def start(**flags):
         s = Server(mxkeysd_path, pg, workdir, **flags)
-        started.append(s)
+        _started_servers.append(s)
         return s
 
     yield start
-    for s in started:
+    for s in _started_servers:
         s.stop()
+    _started_servers.clear()
+
+
+@pytest.fixture(autouse=True)
+def servers_stay_up():
+    """A server that died during a test (crash, sanitizer abort) fails that test, with its stderr."""
+    yield
+    for s in _started_servers:
+        if not s.stopped and s.proc.poll() is not None:
+            s.stopped = True
+            pytest.fail(f"mxkeysd on port {s.port} exited with status {s.proc.returncode} during this test:\n"
+                        f"{s.stderr_text()[-3000:]}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -287,15 +303,24 @@ def assert_error(response, status, errcode):
     return body
 
 
+TEST_TIMEOUT = int(os.environ.get("MXKEYS_TEST_TIMEOUT", "120"))
+
+
 @pytest.fixture(autouse=True)
 def per_test_timeout():
-    """No test may hang the suite."""
+    """No test may hang the suite: each gets TEST_TIMEOUT seconds (env MXKEYS_TEST_TIMEOUT), setup included."""
 
     def on_alarm(signum, frame):
-        raise TimeoutError("test exceeded 120 s")
+        raise TimeoutError(f"test exceeded {TEST_TIMEOUT} s")
 
     old = signal.signal(signal.SIGALRM, on_alarm)
-    signal.alarm(120)
+    signal.alarm(TEST_TIMEOUT)
     yield
     signal.alarm(0)
     signal.signal(signal.SIGALRM, old)
+
+
+def pytest_sessionstart(session):
+    # meson test (or a CI job) ends a run that overstays with SIGTERM: turn it into KeyboardInterrupt so pytest still
+    # runs the finalizers that stop every mxkeysd and the PostgreSQL cluster instead of leaving them behind.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

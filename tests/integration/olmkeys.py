@@ -62,3 +62,42 @@ def tampered(obj, path, value):
         target = target[p]
     target[path[-1]] = value
     return out
+
+
+class CrossSigning:
+    """A user's cross-signing keys (libolm PkSigning), producing the objects clients upload."""
+
+    def __init__(self, user_id):
+        self.user_id = user_id
+        self.master = olm.PkSigning(olm.PkSigning.generate_seed())
+        self.self_signing = olm.PkSigning(olm.PkSigning.generate_seed())
+        self.user_signing = olm.PkSigning(olm.PkSigning.generate_seed())
+
+    def key_object(self, usage, signer=None):
+        pk = getattr(self, usage).public_key
+        obj = {"user_id": self.user_id, "usage": [usage], "keys": {f"ed25519:{pk}": pk}}
+        if signer is not None:
+            obj["signatures"] = {self.user_id: {f"ed25519:{signer.public_key}": sign_pk(signer, obj)}}
+        return obj
+
+    def upload_body(self):
+        return {"master_key": self.key_object("master"),
+                "self_signing_key": self.key_object("self_signing", self.master),
+                "user_signing_key": self.key_object("user_signing", self.master)}
+
+
+def sign_pk(pk_signing, obj):
+    payload = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    return pk_signing.sign(canonicaljson.encode_canonical_json(payload).decode())
+
+
+def add_signature(obj, user_id, pk_signing=None, device=None):
+    """A copy of obj carrying one more signature, by a PkSigning key or a Device."""
+    out = copy.deepcopy(obj)
+    out.pop("unsigned", None)
+    if device is not None:
+        key_id, sig = device.signer, sign(device.account, out)
+    else:
+        key_id, sig = f"ed25519:{pk_signing.public_key}", sign_pk(pk_signing, out)
+    out.setdefault("signatures", {}).setdefault(user_id, {})[key_id] = sig
+    return out
