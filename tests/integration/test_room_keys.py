@@ -1,6 +1,7 @@
 """Server-side key backup: versions, sessions at three levels, the replacement rule, exact etag/count."""
 import json
 import threading
+from urllib.parse import quote
 
 import olm
 import pytest
@@ -23,9 +24,14 @@ def key(index=0, forwarded=0, verified=False, data=None):
             "session_data": data if data is not None else {"ciphertext": "c", "ephemeral": "e", "mac": "m"}}
 
 
+def keys_path(room=None, session=None):
+    # ids go in the path percent-encoded (megolm session ids contain '/' and '+')
+    return "/room_keys/keys" + (f"/{quote(room, safe='')}" if room else "") + \
+        (f"/{quote(session, safe='')}" if session else "")
+
+
 def put(c, version, body, room=None, session=None):
-    path = "/room_keys/keys" + (f"/{room}" if room else "") + (f"/{session}" if session else "")
-    return c.put(path, params={"version": version}, json=body)
+    return c.put(keys_path(room, session), params={"version": version}, json=body)
 
 
 def test_version_lifecycle_and_numbering(server, login):
@@ -242,7 +248,12 @@ def test_real_client_encrypts_and_restores_a_session(server, login):
               "sender_claimed_keys": {"ed25519": "ed"}, "forwarding_curve25519_key_chain": []}
     msg = olm.PkEncryption(c.get(f"/room_keys/version/{v}").json()["auth_data"]["public_key"]).encrypt(json.dumps(export))
     data = {"ephemeral": msg.ephemeral_key, "ciphertext": msg.ciphertext, "mac": msg.mac}
-    assert put(c, v, key(0, 0, True, data), "!r:x", outbound.id).status_code == 200
+    session_id = outbound.id
+    assert put(c, v, key(0, 0, True, data), "!r:x", session_id).status_code == 200
+    assert c.get(keys_path("!r:x", session_id), params={"version": v}).json()["session_data"] == data
+    # an id with '/' and '+' survives the path round trip
+    assert put(c, v, key(0, 0, True, data), "!r:x", "a/b+c").status_code == 200
+    assert c.get(keys_path("!r:x", "a/b+c"), params={"version": v}).status_code == 200
     # a second device restores it
     got = c.get("/room_keys/keys", params={"version": v}).json()["rooms"]["!r:x"]["sessions"][outbound.id]
     sd = got["session_data"]
