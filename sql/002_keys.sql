@@ -109,8 +109,10 @@ BEGIN
         SELECT keys_json INTO old_keys FROM device_keys WHERE user_id = p_user AND device_id = p_device;
         IF old_keys IS DISTINCT FROM new_keys THEN
             IF mx_device_id_forbidden(p_user, p_device) THEN
-                PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
-                    'device id %s is one of the cross-signing public keys of %s', p_device, p_user));
+                -- 403 like the other direction (device_signing/upload with a key equal to a device id)
+                PERFORM mx_client_error(403, 'M_FORBIDDEN', format(
+                    'device id %s is one of the cross-signing public keys of %s: a device id and a public key '
+                    'must not be confused', p_device, p_user));
             END IF;
             -- Insert or lock-and-replace; a concurrent first upload of the same device makes the INSERT find the
             -- other's row, and the loop then replaces it under the row lock (never a unique-violation 500).
