@@ -1,5 +1,6 @@
 """--auth homeserver: tokens checked with the homeserver's /account/whoami, cached, coalesced; outages are 503."""
 import json
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -116,3 +117,22 @@ def test_https_homeserver_is_refused_at_start(mxkeysd_path):
     r = subprocess.run([mxkeysd_path, "serve", "--auth", "homeserver", "--homeserver-url", "https://hs.example",
                         "--database-url", "host=/nonexistent"], capture_output=True, text=True, timeout=30)
     assert r.returncode != 0
+
+
+def test_sigterm_drains_a_request_in_flight(start_server, homeserver):
+    # The fake homeserver holds the token look-up for 1.5 s: SIGTERM lands while the request is in flight, and the
+    # client must still get its answer before the process exits 0.
+    s = start_server(auth="homeserver", homeserver_url=f"http://127.0.0.1:{homeserver.port}", workers=1)
+    homeserver.tokens["drain-token"] = ("@drain:example.org", "DRAIN")
+    homeserver.delay = 1.5
+    with ThreadPoolExecutor(1) as ex:
+        pending = ex.submit(get, s, "drain-token")
+        deadline = time.monotonic() + 5
+        while homeserver.hits == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert homeserver.hits >= 1, "the look-up never reached the homeserver"
+        s.proc.send_signal(signal.SIGTERM)
+        s.stopped = True
+        r = pending.result(timeout=20)
+    assert r.status_code == 200 and r.json()["user_id"] == "@drain:example.org"
+    assert s.stop() == 0
