@@ -26,6 +26,7 @@ PG_BIN = "/usr/lib/postgresql/15/bin"
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CLIENT_PREFIX = "/_matrix/client/v3"
+STARTUP_TIMEOUT = 30  # seconds until /_mxkeys/health answers 200 (generous: sanitizer builds on a busy machine)
 
 
 def free_port():
@@ -52,9 +53,16 @@ class Postgres:
 
     def __init__(self):
         self.dir = tempfile.mkdtemp(prefix="mxkeys-pg-", dir="/tmp")
+        try:
+            self._create()
+        except BaseException:
+            self.destroy()
+            raise
+
+    def _create(self):
         os.chmod(self.dir, 0o755)
         self.data = os.path.join(self.dir, "data")
-        self.port = free_port()
+        self.log = os.path.join(self.dir, "log")
         self.as_user = None
         if os.geteuid() == 0:
             self.as_user = "postgres"
@@ -63,23 +71,47 @@ class Postgres:
         self._run([f"{PG_BIN}/initdb", "-D", self.data, "-A", "trust", "-U", "mxkeys", "-E", "UTF8", "--no-sync"])
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write(
-                f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.dir}'\n"
+                f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{self.dir}'\n"
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                "include 'port.conf'\n"
             )
-        self.start()
+        # The free port can be taken by another process before the postmaster binds it: then try another one.
+        for attempt in range(3):
+            self.port = free_port()
+            with open(os.path.join(self.data, "port.conf"), "w") as f:
+                f.write(f"port = {self.port}\n")
+            try:
+                self.start()
+                break
+            except AssertionError:
+                if attempt == 2 or "could not bind" not in self.log_text():
+                    raise
         self._run([f"{PG_BIN}/createdb", "-h", self.dir, "-p", str(self.port), "-U", "mxkeys", "mxkeys"])
         self.conninfo = f"host=127.0.0.1 port={self.port} user=mxkeys dbname=mxkeys"
 
     def _run(self, argv, check=True):
         if self.as_user:
             argv = ["runuser", "-u", self.as_user, "--"] + argv
-        return subprocess.run(argv, check=check, capture_output=True, text=True, timeout=60)
+        r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+        if check and r.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({r.returncode}): {r.stdout}{r.stderr}\n"
+                                 f"server log tail:\n{self.log_text()[-2000:]}")
+        return r
+
+    def log_text(self):
+        try:
+            with open(self.log, errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
 
     def start(self):
-        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", os.path.join(self.dir, "log"), "-w", "start"])
+        """Starts the cluster (again): same data dir, same port."""
+        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-l", self.log, "-w", "-t", "30", "start"])
 
     def stop(self):
-        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "stop"], check=False)
+        """Fast shutdown: open sessions (mxkeysd's pool) are disconnected; waits until the postmaster is gone."""
+        self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "-m", "fast", "-w", "-t", "30", "stop"], check=False)
 
     def running(self):
         return self._run([f"{PG_BIN}/pg_ctl", "-D", self.data, "status"], check=False).returncode == 0
@@ -94,7 +126,8 @@ class Postgres:
         return r.stdout.strip()
 
     def destroy(self):
-        self.stop()
+        if os.path.exists(os.path.join(self.dir, "data", "postmaster.pid")):
+            self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -125,6 +158,10 @@ def flag_args(flags):
     return argv
 
 
+class PortTaken(Exception):
+    """The free port picked for a server was taken by someone else before the server bound it."""
+
+
 class Server:
     def __init__(self, binary, pg, workdir, **flags):
         self.binary = binary
@@ -134,7 +171,9 @@ class Server:
         self.admin_token = flags.get("admin_token")
         self.flags = flags
         self.stopped = False  # set by stop(): a server that exits without it crashed
+        # database_url=None (with state_dir=...) starts a server on its embedded cluster instead of the session's
         self.database_url = flags.pop("database_url", pg.conninfo if pg else None)
+        self.state_dir = flags.get("state_dir")
         self.stderr_path = os.path.join(workdir, f"mxkeysd-{self.port}.log")
         args = {"listen": f"127.0.0.1:{self.port}", "workers": 2, "log_level": "info"}
         args.update(flags)
@@ -145,10 +184,14 @@ class Server:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL)
         try:
-            wait_for(self._healthy, 30, f"mxkeysd on port {self.port}")
-        except AssertionError:
+            wait_for(self._healthy, STARTUP_TIMEOUT, f"mxkeysd on port {self.port}")
+        except AssertionError as e:
             self.stop(signal.SIGKILL)
-            raise AssertionError(f"mxkeysd did not become healthy:\n{self.stderr_text()[-3000:]}")
+            if "Address already in use" in self.stderr_text():
+                raise PortTaken() from e
+            if str(e).startswith("mxkeysd exited"):
+                raise  # the message already holds the stderr tail
+            raise AssertionError(f"mxkeysd did not become healthy ({e}):\n{self.stderr_text()[-3000:]}") from None
 
     def _healthy(self):
         if self.proc.poll() is not None:
@@ -177,7 +220,8 @@ class Server:
 
     def cli(self, *args, check=True):
         """Runs an mxkeysd subcommand against this server's database."""
-        argv = [self.binary] + list(args) + ["--database-url", self.database_url]
+        where = ["--database-url", self.database_url] if self.database_url else ["--state-dir", self.state_dir]
+        argv = [self.binary] + list(args) + where
         r = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
         if check and r.returncode != 0:
             raise AssertionError(f"{' '.join(args)} failed ({r.returncode}): {r.stderr}")
@@ -204,7 +248,13 @@ _started_servers = []
 @pytest.fixture(scope="session")
 def start_server(mxkeysd_path, pg, workdir):
     def start(**flags):
-        s = Server(mxkeysd_path, pg, workdir, **flags)
+        for attempt in range(3):
+            try:
+                s = Server(mxkeysd_path, pg, workdir, **dict(flags))
+                break
+            except PortTaken:
+                if attempt == 2:
+                    raise AssertionError("three free ports in a row were taken before mxkeysd could bind them")
         _started_servers.append(s)
         return s
 
