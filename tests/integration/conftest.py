@@ -8,6 +8,14 @@ Fixture API (other test modules rely on these names and shapes):
   new_user()               a fresh unique local user id
   client(server, token)    requests wrapper: .get/.post/.put/.delete(path, json=, params=, headers=)
   login(server, user_id=None, device_id=None) -> (user_id, device_id, client)
+
+Servers (start_server's answer): .url .port .proc .admin_token .stderr_text() .stop(sig=SIGTERM) -> exit status,
+.mint(user_id, device_id) -> token, .cli(*args, check=True) -> CompletedProcess (a subcommand against its database).
+start_server(database_url=None, state_dir=d) runs one on its own embedded cluster instead of the session's.
+
+Helpers: assert_error(response, status, errcode) -> body; free_port(); wait_for(predicate, timeout, what).
+Guards: every test gets MXKEYS_TEST_TIMEOUT seconds (default 120); a server that dies without .stop() fails the test
+during which it died, with its stderr; SIGTERM to pytest still stops every server and the cluster.
 """
 import os
 import pwd
