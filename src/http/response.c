@@ -199,9 +199,9 @@ void mx_http_respond_options(h2o_req_t *req, mx_worker_t *w)
 void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generator)
 {
     h2o_req_t *req = call->req;
+    /* Counted when the stream ends (final chunk or abort), so the duration covers the whole body. */
     call->_status = status;
     call->_streaming = true;
-    account(req, call->worker, call->route_index, call->route->name, call->user_id, status, call->_started_ns);
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     add_cors(req);
@@ -211,6 +211,9 @@ void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generato
 
 void mx_call_stream_send(mx_call_t *call, const char *data, size_t len, bool final)
 {
+    if (final)
+        account(call->req, call->worker, call->route_index, call->route->name, call->user_id, call->_status,
+                call->_started_ns);
     h2o_iovec_t buf = h2o_iovec_init(data, len);
     h2o_send(call->req, &buf, len ? 1 : 0, final ? H2O_SEND_STATE_FINAL : H2O_SEND_STATE_IN_PROGRESS);
 }
@@ -218,5 +221,7 @@ void mx_call_stream_send(mx_call_t *call, const char *data, size_t len, bool fin
 void mx_call_stream_abort(mx_call_t *call)
 {
     mx_warn("%s: streamed response aborted", call->route->name);
+    /* The client saw a 200 header but a truncated body: count it as the server error it is. */
+    account(call->req, call->worker, call->route_index, call->route->name, call->user_id, 500, call->_started_ns);
     h2o_send(call->req, NULL, 0, H2O_SEND_STATE_ERROR);
 }
