@@ -1,14 +1,13 @@
-"""POST /keys/query and POST /keys/claim: shapes, locality, FIFO claims, fallback, and the concurrency guarantee."""
-import threading
-import time
-
-import requests
+"""POST /keys/query and POST /keys/claim in both validation modes: shapes, locality, FIFO claims, fallback keys."""
 from conftest import assert_error
+from keys_modes import any_server  # noqa: F401 (fixture)
 from olmkeys import Device
 
+FIVE = {"device_keys", "failures", "master_keys", "self_signing_keys", "user_signing_keys"}
 
-def upload_device(server, login, n_otks=0, fallback=False, display_name=None, user_id=None):
-    user, device_id, c = login(server, user_id=user_id)
+
+def upload_device(server, login, n_otks=0, fallback=False, display_name=None, user_id=None, device_id=None):
+    user, device_id, c = login(server, user_id=user_id, device_id=device_id)
     dev = Device(user, device_id)
     body = {"device_keys": dev.device_keys(display_name)}
     if n_otks:
@@ -18,115 +17,147 @@ def upload_device(server, login, n_otks=0, fallback=False, display_name=None, us
     r = c.post("/keys/upload", json=body)
     assert r.status_code == 200, r.text
     dev.uploaded = body
+    dev.client = c
     return dev, c
 
 
-def test_query_shape_locality_and_unsigned(server, login, new_user):
-    alice, ca = upload_device(server, login, display_name="Alice's laptop")
-    bob, _ = upload_device(server, login)
+def claim(c, targets):
+    r = c.post("/keys/claim", json={"one_time_keys": targets})
+    assert r.status_code == 200, r.text
+    assert set(r.json()) == {"one_time_keys", "failures"}
+    return r.json()
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# query
+
+
+def test_query_shape_locality_and_unsigned(any_server, login, new_user):
+    alice, ca = upload_device(any_server, login, display_name="Alice's laptop")
+    bob, _ = upload_device(any_server, login)
+    bob2, _ = upload_device(any_server, login, user_id=bob.user_id)
     nobody = new_user()
     r = ca.post("/keys/query", json={"device_keys": {alice.user_id: [], bob.user_id: [bob.device_id, "NOSUCHDEV"],
-                                                     nobody: [], "@far:remote.example": []}, "timeout": 10000})
+                                                     nobody: [], "@far:remote.example": [],
+                                                     "@near:other.example": ["D"]}, "timeout": 10000})
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {"device_keys", "failures", "master_keys", "self_signing_keys", "user_signing_keys"}
-    assert body["failures"] == {"remote.example": body["failures"]["remote.example"]}
-    assert "@far:remote.example" not in body["device_keys"]
+    assert set(body) == FIVE
+    assert set(body["failures"]) == {"remote.example", "other.example"}
+    assert all(isinstance(v, dict) for v in body["failures"].values())
+    assert set(body["device_keys"]) == {alice.user_id, bob.user_id, nobody}
     assert body["device_keys"][nobody] == {}
-    assert list(body["device_keys"][bob.user_id]) == [bob.device_id]
+    assert list(body["device_keys"][bob.user_id]) == [bob.device_id], "unknown devices are absent"
     a = body["device_keys"][alice.user_id][alice.device_id]
     assert a["unsigned"] == {"device_display_name": "Alice's laptop"}
     expected = dict(alice.uploaded["device_keys"])
     del expected["unsigned"]
     assert {k: v for k, v in a.items() if k != "unsigned"} == expected
     assert body["device_keys"][bob.user_id][bob.device_id]["unsigned"] == {}
-    # timeout is also accepted in the query string
-    assert ca.post("/keys/query", params={"timeout": "5"}, json={"device_keys": {}}).status_code == 200
+    # an empty list: every device of the user
+    r = ca.post("/keys/query", json={"device_keys": {bob.user_id: []}})
+    assert set(r.json()["device_keys"][bob.user_id]) == {bob.device_id, bob2.device_id}
+    # timeout is also accepted in the query string; an empty query has all five members, all empty
+    r = ca.post("/keys/query", params={"timeout": "5"}, json={"device_keys": {}})
+    assert r.status_code == 200 and r.json() == {k: {} for k in FIVE}
 
 
-def test_query_bad_input(server, login):
-    _, _, c = login(server)
+def test_query_bad_input(any_server, login):
+    _, _, c = login(any_server)
     assert_error(c.post("/keys/query", json={}), 400, "M_MISSING_PARAM")
     assert_error(c.post("/keys/query", json={"device_keys": []}), 400, "M_BAD_JSON")
+    assert_error(c.post("/keys/query", json={"device_keys": None}), 400, "M_BAD_JSON")
     assert_error(c.post("/keys/query", json={"device_keys": {"@a:localhost": "DEV"}}), 400, "M_BAD_JSON")
     assert_error(c.post("/keys/query", json={"device_keys": {"@a:localhost": [1]}}), 400, "M_BAD_JSON")
-    assert_error(c.post("/keys/query", json={"device_keys": {"not-a-user": []}}), 400, "M_INVALID_PARAM")
+    assert_error(c.post("/keys/query", json={"device_keys": {"@a:localhost": {"D": []}}}), 400, "M_BAD_JSON")
+    for bad_user in ["not-a-user", "@nocolon", "@:localhost", "@a:", "@a b:localhost", "@" + "a" * 260 + ":x"]:
+        err = assert_error(c.post("/keys/query", json={"device_keys": {bad_user: []}}), 400, "M_INVALID_PARAM")
+        assert "user id" in err["error"]
     assert_error(c.post("/keys/query", json={"device_keys": {}, "timeout": "soon"}), 400, "M_BAD_JSON")
+    assert_error(c.post("/keys/query", json={"device_keys": {}, "timeout": 1.5}), 400, "M_BAD_JSON")
+    assert_error(c.post("/keys/query", json=[]), 400, "M_BAD_JSON")
+    # the service keeps serving
+    assert c.post("/keys/query", json={"device_keys": {}}).status_code == 200
 
 
-def test_query_thousands_of_users_in_one_request(server, login, new_user):
-    dev, c = upload_device(server, login)
+def test_query_thousands_of_users_in_one_request(any_server, login, new_user):
+    dev, c = upload_device(any_server, login)
     users = {new_user(): [] for _ in range(3000)}
     users[dev.user_id] = []
+    users.update({f"@r{i}:remote{i % 7}.example": [] for i in range(500)})
     r = c.post("/keys/query", json={"device_keys": users})
     assert r.status_code == 200
-    body = r.json()["device_keys"]
-    assert len(body) == 3001 and dev.device_id in body[dev.user_id]
+    body = r.json()
+    assert len(body["device_keys"]) == 3001 and dev.device_id in body["device_keys"][dev.user_id]
+    assert len(body["failures"]) == 7
 
 
-def test_claim_is_fifo_and_never_repeats_then_fallback(server, login):
-    dev, _ = upload_device(server, login, n_otks=5, fallback=True)
-    _, _, c = login(server)
-    want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
-    uploaded = dev.uploaded["one_time_keys"]
+# ---------------------------------------------------------------------------------------------------------------------
+# claim
+
+
+def test_claim_is_fifo_by_upload_batch_and_never_repeats_then_fallback(any_server, login):
+    dev, _ = upload_device(any_server, login, n_otks=3, fallback=True)
+    # a second batch whose ids sort before the first batch's: claims still follow upload order
+    second = {f"signed_curve25519:0{i}": v for i, v in enumerate(dev.one_time_keys(2).values())}
+    assert dev.client.post("/keys/upload", json={"one_time_keys": second}).status_code == 200
+    _, _, c = login(any_server)
+    want = {dev.user_id: {dev.device_id: "signed_curve25519"}}
+    first = dev.uploaded["one_time_keys"]
     seen = []
     for _ in range(5):
-        r = c.post("/keys/claim", json=want)
-        assert r.status_code == 200 and r.json()["failures"] == {}
-        (kid, obj), = r.json()["one_time_keys"][dev.user_id][dev.device_id].items()
-        assert uploaded[kid] == obj
+        r = claim(c, want)
+        assert r["failures"] == {}
+        (kid, obj), = r["one_time_keys"][dev.user_id][dev.device_id].items()
+        assert {**first, **second}[kid] == obj, "handed out exactly as uploaded"
         seen.append(kid)
-    assert seen == sorted(uploaded), "first in, first out (one batch: in key id order)"
+    assert seen == sorted(first) + sorted(second), "first in, first out by upload (within a batch: id order)"
     for _ in range(2):
-        got = c.post("/keys/claim", json=want).json()["one_time_keys"][dev.user_id][dev.device_id]
-        assert got == dev.uploaded["fallback_keys"]
+        assert claim(c, want)["one_time_keys"][dev.user_id][dev.device_id] == dev.uploaded["fallback_keys"]
+    # a claimed key re-uploaded (a client retrying an upload whose answer it lost) is never handed out again
+    assert dev.client.post("/keys/upload", json={"one_time_keys": first}).json()["one_time_key_counts"] == {
+        "signed_curve25519": 0}
+    assert claim(c, want)["one_time_keys"][dev.user_id][dev.device_id] == dev.uploaded["fallback_keys"]
 
 
-def test_claim_absent_when_nothing_and_remote_failures(server, login, new_user):
-    dev, _ = upload_device(server, login)  # no one-time keys, no fallback
-    _, _, c = login(server)
-    r = c.post("/keys/claim", json={"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"},
-                                                      new_user(): {"X": "signed_curve25519"},
-                                                      "@x:remote.example": {"D": "signed_curve25519"}}})
-    assert r.status_code == 200
-    assert r.json()["one_time_keys"] == {}
-    assert list(r.json()["failures"]) == ["remote.example"]
+def test_claim_many_targets_and_algorithms(any_server, login):
+    a, _ = upload_device(any_server, login, n_otks=2)
+    a2, _ = upload_device(any_server, login, n_otks=1, user_id=a.user_id)
+    b, _ = upload_device(any_server, login, fallback=True)
+    # a plain curve25519 one-time key under its own algorithm
+    assert a.client.post("/keys/upload", json={"one_time_keys": {"curve25519:P1": a.curve25519}}).status_code == 200
+    _, _, c = login(any_server)
+    r = claim(c, {a.user_id: {a.device_id: "curve25519", a2.device_id: "signed_curve25519"},
+                  b.user_id: {b.device_id: "signed_curve25519"}})
+    assert r["one_time_keys"][a.user_id][a.device_id] == {"curve25519:P1": a.curve25519}
+    assert list(r["one_time_keys"][a.user_id][a2.device_id]) == list(a2.uploaded["one_time_keys"])
+    assert r["one_time_keys"][b.user_id][b.device_id] == b.uploaded["fallback_keys"]
+    # nothing of that algorithm left, and a fallback key only answers for its own algorithm
+    r = claim(c, {a.user_id: {a.device_id: "curve25519", a2.device_id: "signed_curve25519"},
+                  b.user_id: {b.device_id: "curve25519"}})
+    assert r["one_time_keys"] == {}
+    counts = a.client.post("/keys/upload", json={}).json()["one_time_key_counts"]
+    assert counts == {"signed_curve25519": 2}
 
 
-def test_claim_bad_input(server, login):
-    _, _, c = login(server)
+def test_claim_absent_when_nothing_and_remote_failures(any_server, login, new_user):
+    dev, _ = upload_device(any_server, login)  # no one-time keys, no fallback
+    _, _, c = login(any_server)
+    r = claim(c, {dev.user_id: {dev.device_id: "signed_curve25519", "NOSUCHDEV": "signed_curve25519"},
+                  new_user(): {"X": "signed_curve25519"}, "@x:remote.example": {"D": "signed_curve25519"}})
+    assert r["one_time_keys"] == {}
+    assert list(r["failures"]) == ["remote.example"]
+    assert claim(c, {})["one_time_keys"] == {}
+
+
+def test_claim_bad_input(any_server, login):
+    _, _, c = login(any_server)
     assert_error(c.post("/keys/claim", json={}), 400, "M_MISSING_PARAM")
+    assert_error(c.post("/keys/claim", json={"one_time_keys": []}), 400, "M_BAD_JSON")
     assert_error(c.post("/keys/claim", json={"one_time_keys": {"@a:localhost": ["x"]}}), 400, "M_BAD_JSON")
     assert_error(c.post("/keys/claim", json={"one_time_keys": {"@a:localhost": {"D": 5}}}), 400, "M_BAD_JSON")
+    assert_error(c.post("/keys/claim", json={"one_time_keys": {"@a:localhost": {"D": ""}}}), 400, "M_BAD_JSON")
+    assert_error(c.post("/keys/claim", json={"one_time_keys": {"@a:localhost": {"D": "a:b"}}}), 400, "M_BAD_JSON")
     assert_error(c.post("/keys/claim", json={"one_time_keys": {"bad": {"D": "x"}}}), 400, "M_INVALID_PARAM")
-
-
-def test_concurrent_claims_never_hand_out_a_key_twice_nor_the_fallback_early(start_server, login):
-    s = start_server(workers=2, db_connections=2)
-    dev, _ = upload_device(s, login, n_otks=40, fallback=True)
-    claimers = [login(s)[2] for _ in range(64)]
-    want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
-    barrier = threading.Barrier(64)
-    results = [None] * 64
-
-    def claim(i):
-        session = requests.Session()  # its own connection
-        barrier.wait()
-        r = session.post(s.url + "/_matrix/client/v3/keys/claim", json=want,
-                         headers={"Authorization": f"Bearer {claimers[i].token}"}, timeout=60)
-        results[i] = r
-
-    threads = [threading.Thread(target=claim, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(90)
-    assert all(r is not None and r.status_code == 200 for r in results), [r and r.text for r in results]
-    got = [r.json()["one_time_keys"][dev.user_id][dev.device_id] for r in results]
-    fallback = dev.uploaded["fallback_keys"]
-    otk_answers = [k for g in got if g != fallback for k in g]
-    assert len(otk_answers) == 40 and len(set(otk_answers)) == 40
-    assert set(otk_answers) == set(dev.uploaded["one_time_keys"])
-    assert sum(1 for g in got if g == fallback) == 24
-    owner = login(s, user_id=dev.user_id, device_id=dev.device_id)[2]
-    assert owner.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"] == 0
+    assert_error(c.post("/keys/claim", json={"one_time_keys": {}, "timeout": "1s"}), 400, "M_BAD_JSON")
+    assert c.post("/keys/claim", params={"timeout": "10"}, json={"one_time_keys": {}, "timeout": 10}).status_code == 200

@@ -1,0 +1,198 @@
+"""Concurrency guarantees of the key endpoints, over real connections to several workers and two server instances
+sharing one database: a one-time key is never handed out twice, the fallback key never while one-time keys remain,
+and concurrent uploads of the same device never fail or double-record."""
+import subprocess
+import threading
+import time
+
+import pytest
+import requests
+from keys_modes import any_server  # noqa: F401 (fixture)
+from olmkeys import Device
+
+CLIENT = "/_matrix/client/v3"
+
+
+def run_together(n, fn):
+    """Runs fn(i) in n threads released at once; returns their results in order."""
+    barrier = threading.Barrier(n)
+    results = [None] * n
+    errors = []
+
+    def body(i):
+        try:
+            barrier.wait(30)
+            results[i] = fn(i)
+        except Exception as e:  # reported by the caller's assertion
+            errors.append(e)
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    assert not errors, errors
+    return results
+
+
+@pytest.fixture(scope="module", params=["strict", "lenient"])
+def two_instances(request, start_server):
+    """Two mxkeysd instances on one database, each with 2 workers and several connections per worker."""
+    # Each claim holds its key's lock 30 ms before committing (a test-only setting of mx_keys_claim), so that
+    # claimers really do find every remaining key locked by others: the moment a SKIP LOCKED-only claim would hand
+    # out the fallback key early.
+    pg = request.getfixturevalue("pg")
+    url = pg.conninfo + " options='-c mxkeys.test_claim_hold_ms=30'"
+    servers = [start_server(workers=2, db_connections=8, validation=request.param, database_url=url)
+               for _ in range(2)]
+    yield servers
+    for s in servers:
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def tokens(two_instances):
+    """64 claimers' access tokens (local tokens live in the shared database: valid on both instances)."""
+    return [two_instances[0].mint(f"@claimer{i}:localhost", f"C{i}") for i in range(64)]
+
+
+def upload_device(server, login, n_otks, fallback=True):
+    user, device_id, c = login(server)
+    dev = Device(user, device_id)
+    body = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(n_otks)}
+    if fallback:
+        body["fallback_keys"] = dev.fallback_keys()
+    assert c.post("/keys/upload", json=body).status_code == 200
+    dev.uploaded, dev.client = body, c
+    return dev
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_64_concurrent_claims_for_40_keys(two_instances, tokens, login, round_):
+    """40 one-time keys, 64 claimers on their own connections spread over 2 instances x 2 workers: exactly 40
+    distinct one-time keys, 24 fallback answers, and none left afterwards."""
+    dev = upload_device(two_instances[0], login, 40)
+    want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
+
+    def claim(i):
+        with requests.Session() as session:  # its own connection
+            return session.post(two_instances[i % 2].url + CLIENT + "/keys/claim", json=want, timeout=60,
+                                headers={"Authorization": f"Bearer {tokens[i]}"})
+
+    results = run_together(64, claim)
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    got = [r.json()["one_time_keys"][dev.user_id][dev.device_id] for r in results]
+    fallback = dev.uploaded["fallback_keys"]
+    otk_ids = [k for g in got if g != fallback for k in g]
+    assert len(otk_ids) == 40 and set(otk_ids) == set(dev.uploaded["one_time_keys"]), "each key exactly once"
+    assert sum(1 for g in got if g == fallback) == 24, "the fallback key only once the one-time keys ran out"
+    for g in got:
+        if g != fallback:
+            (kid, obj), = g.items()
+            assert obj == dev.uploaded["one_time_keys"][kid]
+    assert dev.client.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"] == 0
+
+
+def test_concurrent_multi_device_claims_do_not_deadlock(two_instances, tokens, login):
+    """Claims naming the same devices in opposite orders lock in one fixed order: no deadlock, no 503."""
+    devs = [upload_device(two_instances[0], login, 16, fallback=False) for _ in range(3)]
+
+    def claim(i):
+        order = devs if i % 2 else list(reversed(devs))
+        body = {"one_time_keys": {d.user_id: {d.device_id: "signed_curve25519"} for d in order}}
+        with requests.Session() as session:
+            return session.post(two_instances[i % 2].url + CLIENT + "/keys/claim", json=body, timeout=60,
+                                headers={"Authorization": f"Bearer {tokens[i]}"})
+
+    results = run_together(24, claim)
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    for d in devs:
+        ids = [k for r in results for k in r.json()["one_time_keys"].get(d.user_id, {}).get(d.device_id, {})]
+        assert len(ids) == 16 and set(ids) == set(d.uploaded["one_time_keys"])
+
+
+def test_concurrent_identical_first_uploads(two_instances, login):
+    """A client retrying its first upload in parallel: every attempt succeeds, one device-list change is recorded,
+    and the keys are stored once."""
+    user, device_id, c = login(two_instances[0])
+    dev = Device(user, device_id)
+    body = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(20),
+            "fallback_keys": dev.fallback_keys()}
+    token = c.token
+    start = c.get("/_mxkeys/v1/stream_position").json()["device_list"]
+
+    def up(i):
+        with requests.Session() as session:
+            return session.post(two_instances[i % 2].url + CLIENT + "/keys/upload", json=body, timeout=60,
+                                headers={"Authorization": f"Bearer {token}"})
+
+    results = run_together(16, up)
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    assert all(r.json()["one_time_key_counts"]["signed_curve25519"] == 20 for r in results)
+    changes = two_instances[0].pg.psql(f"SELECT count(*) FROM device_list_changes WHERE user_id = '{user}'")
+    assert changes == "1"
+    assert user in c.get("/keys/changes", params={"from": start}).json()["changed"]
+
+
+def test_uploads_and_claims_interleaved(two_instances, tokens, login):
+    """Batches uploaded while claimers drain them: every handed-out key is distinct, and handed out plus left over
+    is exactly what was uploaded."""
+    user, device_id, owner = login(two_instances[0])
+    dev = Device(user, device_id)
+    assert owner.post("/keys/upload", json={"device_keys": dev.device_keys()}).status_code == 200
+    batches = [dev.one_time_keys(10) for _ in range(4)]
+    uploaded = {k: v for b in batches for k, v in b.items()}
+    want = {"one_time_keys": {user: {device_id: "signed_curve25519"}}}
+
+    def act(i):
+        with requests.Session() as session:
+            if i < 4:
+                return session.post(two_instances[i % 2].url + CLIENT + "/keys/upload",
+                                    json={"one_time_keys": batches[i]}, timeout=60,
+                                    headers={"Authorization": f"Bearer {owner.token}"})
+            return session.post(two_instances[i % 2].url + CLIENT + "/keys/claim", json=want, timeout=60,
+                                headers={"Authorization": f"Bearer {tokens[i]}"})
+
+    results = run_together(36, act)
+    assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+    handed = [k for r in results[4:] for k in r.json()["one_time_keys"].get(user, {}).get(device_id, {})]
+    assert len(handed) == len(set(handed))
+    left = owner.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"]
+    assert len(handed) + left == len(uploaded)
+    assert set(handed) <= set(uploaded)
+
+
+def test_keys_locked_by_a_transaction_that_rolls_back_are_still_handed_out(any_server, pg, login):
+    """Every remaining one-time key is locked by a transaction that will not consume it (here: a session that locks
+    them and rolls back; in life: a claim that fails after locking). SKIP LOCKED alone would answer the fallback key
+    at once while 5 keys remain; mx_keys_claim waits for the holder and hands out the keys."""
+    dev = upload_device(any_server, login, 5)
+    locker = subprocess.Popen(
+        ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mxkeys", "-d", "mxkeys", "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        locker.stdin.write(f"BEGIN;\nSELECT key_id FROM one_time_keys WHERE user_id = '{dev.user_id}' FOR UPDATE;\n"
+                           "SELECT pg_sleep(1.5) AS mxkeys_test_locker;\nROLLBACK;\n")
+        locker.stdin.flush()
+        deadline = time.monotonic() + 10
+        while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS mxkeys_test_locker%'"
+                      " AND state = 'active' AND pid <> pg_backend_pid()") != "1":
+            assert time.monotonic() < deadline, "the locking session never started"
+            time.sleep(0.02)
+        tokens = [any_server.mint(f"@waiter{i}:localhost", f"W{i}") for i in range(5)]
+        want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
+
+        def claim(i):
+            with requests.Session() as session:
+                return session.post(any_server.url + CLIENT + "/keys/claim", json=want, timeout=60,
+                                    headers={"Authorization": f"Bearer {tokens[i]}"})
+
+        results = run_together(5, claim)
+    finally:
+        locker.stdin.close()
+        assert locker.wait(30) == 0, locker.stderr.read()
+    assert all(r.status_code == 200 for r in results), [r.text for r in results]
+    got = [k for r in results for k in r.json()["one_time_keys"][dev.user_id][dev.device_id]]
+    assert sorted(got) == sorted(dev.uploaded["one_time_keys"]), "one-time keys, not the fallback key"
+    r = dev.client.post("/keys/claim", json=want)
+    assert r.json()["one_time_keys"][dev.user_id][dev.device_id] == dev.uploaded["fallback_keys"]
