@@ -324,16 +324,23 @@ def test_fallback_keys(any_server, login, pg):
     assert key_id() == next(iter(fb3)).split(":")[1]
 
 
-def test_device_key_changes_are_recorded_once(any_server, login):
+def test_device_key_changes_are_recorded_once(any_server, login, pg):
     dev, c = setup_device(any_server, login)
     pos = lambda: c.get("/_mxkeys/v1/stream_position").json()["device_list"]
+    # the row versions of the device's keys and fallback key: unchanged means not written at all
+    versions = lambda: pg.psql(f"SELECT (SELECT xmin FROM device_keys WHERE user_id = '{dev.user_id}') || ',' ||"
+                               f" (SELECT xmin FROM fallback_keys WHERE user_id = '{dev.user_id}')")
     start = pos()
-    assert upload(c, device_keys=dev.device_keys()).status_code == 200
+    fb = dev.fallback_keys()
+    assert upload(c, device_keys=dev.device_keys(), fallback_keys=fb).status_code == 200
     after_first = pos()
     assert after_first != start
+    written = versions()
     for _ in range(2):
-        assert upload(c, device_keys=dev.device_keys(), one_time_keys=dev.one_time_keys(1)).status_code == 200
+        assert upload(c, device_keys=dev.device_keys(), one_time_keys=dev.one_time_keys(1),
+                      fallback_keys=fb).status_code == 200
     assert pos() == after_first, "an identical re-upload records no change (nor do one-time keys)"
+    assert versions() == written, "an identical re-upload writes neither the device keys nor the fallback key"
     changed = c.get("/keys/changes", params={"from": start, "to": pos()}).json()
     assert dev.user_id in changed["changed"]
     # new keys for the device: replaced and recorded
