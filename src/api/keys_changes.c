@@ -8,11 +8,13 @@
 
 #define TOKEN_PREFIX "mxk_dl_"
 
-/* Parses a stream token; returns -1 for anything that is not exactly PREFIX + decimal digits. */
+/* Parses a stream token; returns -1 for anything this server did not write: exactly PREFIX + a decimal number
+ * without sign or leading zeros, at most 18 digits (so it fits an int64 without overflow checks). */
 static int parse_token(const char *s, int64_t *out)
 {
     size_t plen = strlen(TOKEN_PREFIX);
-    if (strncmp(s, TOKEN_PREFIX, plen) != 0 || s[plen] == '\0' || strlen(s + plen) > 18)
+    if (strncmp(s, TOKEN_PREFIX, plen) != 0 || s[plen] == '\0' || strlen(s + plen) > 18 ||
+        (s[plen] == '0' && s[plen + 1] != '\0'))
         return -1;
     for (const char *p = s + plen; *p; p++)
         if (*p < '0' || *p > '9')

@@ -27,7 +27,8 @@ def changes(c, since, to=None):
 
 
 @pytest.mark.parametrize("bad", ["s72594_4483_1934", "mxk_dl_", "mxk_dl_12x", "12", "mxk_dl_-1", "mxk_dl_+1",
-                                 "mxk_dl_ 1", "MXK_DL_1", "mxk_dl_1.0", "mxk_dl_99999999999999999999", ""])
+                                 "mxk_dl_ 1", "MXK_DL_1", "mxk_dl_1.0", "mxk_dl_99999999999999999999", "", "mxk_dl_01",
+                                 "mxk_dl_1 ", "mxk_dl_\u0661"])
 def test_changes_rejects_tokens_it_did_not_make(server, login, bad):
     _, _, c = login(server)
     err = assert_error(c.get("/keys/changes", params={"from": bad}), 400, "M_INVALID_PARAM")
