@@ -103,7 +103,8 @@ static entry_t *cache_find(mx_auth_t *auth, const uint8_t hash[32])
     return NULL;
 }
 
-/* Drops every expired entry; when still too full, drops everything (a cache refills itself). */
+/* Rebuilds the table without its expired entries, keeping at most half of it filled: when live entries alone overflow
+ * that, the surplus is dropped in slot order, which is as good as random (a cache refills itself). */
 static void cache_sweep(mx_auth_t *auth)
 {
     uint64_t now = h2o_now(auth->loop);

@@ -4,10 +4,12 @@
 #include "mxkeys/whoami_client.h"
 #include <h2o/http1client.h>
 #include <jansson.h>
+#include <stdbool.h>
 #include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mxkeys/log.h"
 
 #define WHOAMI_PATH "/_matrix/client/v3/account/whoami"
 #define MAX_ANSWER_BYTES 65536
@@ -29,6 +31,7 @@ struct st_mx_whoami_req_t {
     mx_whoami_cb cb;
     void *data;
     int status;
+    bool retried;
     h2o_iovec_t request; /* malloc'd request head: must live until written */
 };
 
@@ -127,24 +130,79 @@ static void finish(mx_whoami_req_t *req, mx_whoami_status_t status, const char *
     free(req);
 }
 
+/* Says why (never with the token) once per failed look-up: an operator needs to see the homeserver is the problem. */
+static void unavailable(mx_whoami_req_t *req, const char *why)
+{
+    if (req->status != 0)
+        mx_warn("whoami: homeserver answered %d: %s", req->status, why);
+    else
+        mx_warn("whoami: homeserver unreachable: %s", why);
+    finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
+}
+
+/* A Matrix user id: '@', a server name after a ':', visible ASCII, at most 255 bytes (the spec's limit). */
+static bool user_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 4 || n > 255 || s[0] != '@' || strchr(s, ':') == NULL)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e)
+            return false;
+    return true;
+}
+
+/* Device ids have no grammar in the spec; they end up in logs and stored keys, so no control characters. */
+static bool device_id_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n > 255)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+            return false;
+    return true;
+}
+
+/* The homeserver's errcode, for the log only when it looks like one (the answer is not ours to trust). */
+static const char *errcode_for_log(const char *errcode, const char *otherwise)
+{
+    if (errcode == NULL || strlen(errcode) > 64)
+        return otherwise;
+    for (const char *p = errcode; *p != '\0'; p++)
+        if (!((*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') || *p == '_' || *p == '.'))
+            return otherwise;
+    return errcode;
+}
+
 /* The homeserver's verdict on a complete answer. */
 static void conclude(mx_whoami_req_t *req, const char *body, size_t len)
 {
-    if (req->status == 401 || req->status == 403) {
+    json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
+    const char *errcode = json_string_value(json_object_get(v, "errcode"));
+    if (req->status == 401) {
         finish(req, MX_WHOAMI_UNKNOWN_TOKEN, NULL, NULL);
-        return;
+    } else if (req->status == 403) {
+        /* 403 is a token verdict only when the homeserver says so; any other 403 is not a reason to log a client
+         * out (a 401 from mxkeys makes clients drop the session), so it is an outage-like answer. */
+        if (errcode != NULL && (strcmp(errcode, "M_UNKNOWN_TOKEN") == 0 || strcmp(errcode, "M_MISSING_TOKEN") == 0))
+            finish(req, MX_WHOAMI_UNKNOWN_TOKEN, NULL, NULL);
+        else
+            unavailable(req, errcode_for_log(errcode, "403 without a token errcode"));
+    } else if (req->status != 200) {
+        unavailable(req, errcode_for_log(errcode, "unexpected status"));
+    } else {
+        const char *user = json_string_value(json_object_get(v, "user_id"));
+        json_t *dev = json_object_get(v, "device_id");
+        if (!json_is_object(v))
+            unavailable(req, "the whoami answer is not a JSON object");
+        else if (user == NULL || !user_id_ok(user))
+            unavailable(req, "the whoami answer has no valid user_id");
+        else if (dev != NULL && !json_is_null(dev) && !(json_is_string(dev) && device_id_ok(json_string_value(dev))))
+            unavailable(req, "the whoami answer has an invalid device_id");
+        else
+            finish(req, MX_WHOAMI_OK, user, json_string_value(dev));
     }
-    if (req->status != 200) {
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
-        return;
-    }
-    json_t *v = json_loadb(body, len, 0, NULL);
-    const char *user = v ? json_string_value(json_object_get(v, "user_id")) : NULL;
-    const char *device = v ? json_string_value(json_object_get(v, "device_id")) : NULL;
-    if (user == NULL)
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
-    else
-        finish(req, MX_WHOAMI_OK, user, device);
     json_decref(v);
 }
 
@@ -152,19 +210,22 @@ static int on_body(h2o_http1client_t *http, const char *errstr)
 {
     mx_whoami_req_t *req = http->data;
     h2o_buffer_t *in = http->sock->input;
+    /* The body accumulates in the socket's input buffer (nothing consumes it) until the end of the answer. */
     if (errstr == NULL) {
         if (in->size <= MAX_ANSWER_BYTES)
             return 0;
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
+        unavailable(req, "answer too large");
         return -1; /* h2o closes the client */
     }
     if (errstr != h2o_http1client_error_is_eos) {
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
+        unavailable(req, errstr);
         return -1;
     }
     conclude(req, in->bytes, in->size);
     return 0;
 }
+
+static void start(mx_whoami_req_t *req);
 
 static h2o_http1client_body_cb on_head(h2o_http1client_t *http, const char *errstr, int minor_version, int status,
                                        h2o_iovec_t msg, h2o_header_t *headers, size_t num_headers, int rlen)
@@ -172,11 +233,18 @@ static h2o_http1client_body_cb on_head(h2o_http1client_t *http, const char *errs
     (void)minor_version, (void)msg, (void)headers, (void)num_headers, (void)rlen;
     mx_whoami_req_t *req = http->data;
     if (errstr != NULL && errstr != h2o_http1client_error_is_eos) {
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
+        /* A pooled keep-alive connection the homeserver closed just as we sent fails here without an answer: try once
+         * more on a fresh connection (whoami is idempotent). A timeout is not retried: it would double the wait. */
+        if (!req->retried && strcmp(errstr, "I/O timeout") != 0) {
+            req->retried = true;
+            start(req); /* h2o closes this attempt's client after we return */
+            return NULL;
+        }
+        unavailable(req, errstr);
         return NULL;
     }
     req->status = status;
-    if (errstr == h2o_http1client_error_is_eos) { /* no body */
+    if (errstr == h2o_http1client_error_is_eos) { /* no body (204, 304) */
         conclude(req, "", 0);
         return NULL;
     }
@@ -188,13 +256,20 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *http, const char *e
 {
     mx_whoami_req_t *req = http->data;
     if (errstr != NULL) {
-        finish(req, MX_WHOAMI_UNAVAILABLE, NULL, NULL);
+        unavailable(req, errstr);
         return NULL;
     }
     *reqbufs = &req->request;
     *reqbufcnt = 1;
     *method_is_head = 0;
     return on_head;
+}
+
+/* May call back before it returns (a pooled socket is handed over at once; a connect can fail at once). */
+static void start(mx_whoami_req_t *req)
+{
+    mx_whoami_client_t *c = req->client;
+    h2o_http1client_connect_with_pool(&req->http, req, &c->ctx, &c->sockpool, on_connect);
 }
 
 int mx_whoami_lookup(mx_whoami_client_t *c, const char *token, size_t len, mx_whoami_cb cb, void *data,
@@ -220,7 +295,7 @@ int mx_whoami_lookup(mx_whoami_client_t *c, const char *token, size_t len, mx_wh
     }
     req->request.len = (size_t)n;
     *handle = req;
-    h2o_http1client_connect_with_pool(&req->http, req, &c->ctx, &c->sockpool, on_connect);
+    start(req);
     return 0;
 }
 
