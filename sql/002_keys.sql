@@ -148,7 +148,19 @@ BEGIN
     END IF;
 
     IF p_otks IS NOT NULL AND p_otks <> '{}' THEN
-        -- Same id, different key: refuse the whole request (the device keys above are rolled back with it).
+        -- New ids only; identical re-uploads and ids already handed out are accepted silently. Keys of one batch
+        -- get increasing seq in id order, so claims are first-in first-out by batch.
+        INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)
+        SELECT p_user, p_device, split_part(n.key, ':', 1), split_part(n.key, ':', 2), n.value
+        FROM jsonb_each(p_otks) n
+        WHERE NOT EXISTS (SELECT 1 FROM claimed_one_time_keys c
+                          WHERE c.user_id = p_user AND c.device_id = p_device
+                            AND c.algorithm = split_part(n.key, ':', 1) AND c.key_id = split_part(n.key, ':', 2))
+        ORDER BY n.key
+        ON CONFLICT DO NOTHING;
+        -- Same id, different key: refuse the whole request (the device keys above are rolled back with it). Checked
+        -- after the insert so that it also sees the row of a concurrent upload of the same id, which the insert
+        -- waited for.
         SELECT n.key AS id, o.key_json AS old_value, n.value AS new_value INTO conflict
         FROM jsonb_each(p_otks) n
         JOIN one_time_keys o ON o.user_id = p_user AND o.device_id = p_device
@@ -161,23 +173,11 @@ BEGIN
                 'one-time key %s is already stored with different content: stored %s, uploaded %s; nothing was '
                 'stored from this request', conflict.id, conflict.old_value::text, conflict.new_value::text));
         END IF;
-        -- New ids only; identical re-uploads and ids already handed out are accepted silently. Keys of one batch
-        -- get increasing seq in id order, so claims are first-in first-out by batch.
-        INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)
-        SELECT p_user, p_device, split_part(n.key, ':', 1), split_part(n.key, ':', 2), n.value
-        FROM jsonb_each(p_otks) n
-        WHERE NOT EXISTS (SELECT 1 FROM claimed_one_time_keys c
-                          WHERE c.user_id = p_user AND c.device_id = p_device
-                            AND c.algorithm = split_part(n.key, ':', 1) AND c.key_id = split_part(n.key, ':', 2))
-        ORDER BY n.key
-        ON CONFLICT DO NOTHING;
-        IF FOUND THEN
-            SELECT count(*) INTO stored FROM one_time_keys WHERE user_id = p_user AND device_id = p_device;
-            IF stored > p_otk_cap THEN
-                PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
-                    'this upload would leave %s unclaimed one-time keys on device %s; the limit is %s per device: '
-                    'upload fewer keys', stored, p_device, p_otk_cap));
-            END IF;
+        SELECT count(*) INTO stored FROM one_time_keys WHERE user_id = p_user AND device_id = p_device;
+        IF stored > p_otk_cap THEN
+            PERFORM mx_client_error(400, 'M_INVALID_PARAM', format(
+                'this upload would leave %s unclaimed one-time keys on device %s; the limit is %s per device: '
+                'upload fewer keys', stored, p_device, p_otk_cap));
         END IF;
     END IF;
 

@@ -1,6 +1,8 @@
 """Concurrency guarantees of the key endpoints, over real connections to several workers and two server instances
 sharing one database: a one-time key is never handed out twice, the fallback key never while one-time keys remain,
 and concurrent uploads of the same device never fail or double-record."""
+import contextlib
+import json
 import subprocess
 import threading
 import time
@@ -54,6 +56,27 @@ def two_instances(request, start_server):
 def tokens(two_instances):
     """64 claimers' access tokens (local tokens live in the shared database: valid on both instances)."""
     return [two_instances[0].mint(f"@claimer{i}:localhost", f"C{i}") for i in range(64)]
+
+
+@contextlib.contextmanager
+def transaction_held_open(pg, sql, end, seconds=1.5):
+    """Runs `sql` in a psql session's transaction that stays open `seconds` (from when the body starts) and then
+    ends with `end` (COMMIT or ROLLBACK)."""
+    locker = subprocess.Popen(
+        ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mxkeys", "-d", "mxkeys", "-v", "ON_ERROR_STOP=1"],
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        locker.stdin.write(f"BEGIN;\n{sql}\nSELECT pg_sleep({seconds}) AS mxkeys_test_locker;\n{end};\n")
+        locker.stdin.flush()
+        deadline = time.monotonic() + 10
+        while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS mxkeys_test_locker%'"
+                      " AND state = 'active' AND pid <> pg_backend_pid()") != "1":
+            assert time.monotonic() < deadline, "the locking session never started"
+            time.sleep(0.02)
+        yield
+    finally:
+        locker.stdin.close()
+        assert locker.wait(30) == 0, locker.stderr.read()
 
 
 def upload_device(server, login, n_otks, fallback=True):
@@ -167,32 +190,45 @@ def test_keys_locked_by_a_transaction_that_rolls_back_are_still_handed_out(any_s
     them and rolls back; in life: a claim that fails after locking). SKIP LOCKED alone would answer the fallback key
     at once while 5 keys remain; mx_keys_claim waits for the holder and hands out the keys."""
     dev = upload_device(any_server, login, 5)
-    locker = subprocess.Popen(
-        ["psql", "-h", "127.0.0.1", "-p", str(pg.port), "-U", "mxkeys", "-d", "mxkeys", "-v", "ON_ERROR_STOP=1"],
-        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        locker.stdin.write(f"BEGIN;\nSELECT key_id FROM one_time_keys WHERE user_id = '{dev.user_id}' FOR UPDATE;\n"
-                           "SELECT pg_sleep(1.5) AS mxkeys_test_locker;\nROLLBACK;\n")
-        locker.stdin.flush()
-        deadline = time.monotonic() + 10
-        while pg.psql("SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS mxkeys_test_locker%'"
-                      " AND state = 'active' AND pid <> pg_backend_pid()") != "1":
-            assert time.monotonic() < deadline, "the locking session never started"
-            time.sleep(0.02)
-        tokens = [any_server.mint(f"@waiter{i}:localhost", f"W{i}") for i in range(5)]
-        want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
-
+    tokens = [any_server.mint(f"@waiter{i}:localhost", f"W{i}") for i in range(5)]
+    want = {"one_time_keys": {dev.user_id: {dev.device_id: "signed_curve25519"}}}
+    with transaction_held_open(pg, f"SELECT key_id FROM one_time_keys WHERE user_id = '{dev.user_id}' FOR UPDATE;",
+                               "ROLLBACK"):
         def claim(i):
             with requests.Session() as session:
                 return session.post(any_server.url + CLIENT + "/keys/claim", json=want, timeout=60,
                                     headers={"Authorization": f"Bearer {tokens[i]}"})
 
         results = run_together(5, claim)
-    finally:
-        locker.stdin.close()
-        assert locker.wait(30) == 0, locker.stderr.read()
     assert all(r.status_code == 200 for r in results), [r.text for r in results]
     got = [k for r in results for k in r.json()["one_time_keys"][dev.user_id][dev.device_id]]
     assert sorted(got) == sorted(dev.uploaded["one_time_keys"]), "one-time keys, not the fallback key"
     r = dev.client.post("/keys/claim", json=want)
     assert r.json()["one_time_keys"][dev.user_id][dev.device_id] == dev.uploaded["fallback_keys"]
+
+
+def test_uploads_racing_a_concurrent_insert_of_the_same_key_id(two_instances, pg, login):
+    """Another transaction has inserted key id RACE and not committed yet when the uploads arrive. Their inserts
+    wait for it; once it commits, the uploads with a different key are told of the conflict (none is silently
+    dropped) and the one with the same key is accepted."""
+    user, device_id, owner = login(two_instances[0])
+    dev = Device(user, device_id)
+    assert owner.post("/keys/upload", json={"device_keys": dev.device_keys()}).status_code == 200
+    first = dev.signed_key(Device(user, "FIRST").curve25519)
+    bodies = [{"one_time_keys": {"signed_curve25519:RACE": dev.signed_key(Device(user, f"K{i}").curve25519)}}
+              for i in range(4)] + [{"one_time_keys": {"signed_curve25519:RACE": first}}]
+    row = json.dumps(first).replace("'", "''")
+    with transaction_held_open(pg, f"INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) "
+                                   f"VALUES ('{user}', '{device_id}', 'signed_curve25519', 'RACE', '{row}');",
+                               "COMMIT"):
+        def up(i):
+            with requests.Session() as session:
+                return session.post(two_instances[i % 2].url + CLIENT + "/keys/upload", json=bodies[i], timeout=60,
+                                    headers={"Authorization": f"Bearer {owner.token}"})
+
+        results = run_together(5, up)
+    for r in results[:4]:
+        assert r.status_code == 400 and r.json()["errcode"] == "M_INVALID_PARAM", r.text
+        assert first["key"] in r.json()["error"]
+    assert results[4].status_code == 200, results[4].text
+    assert results[4].json()["one_time_key_counts"]["signed_curve25519"] == 1
