@@ -148,6 +148,10 @@ BEGIN
     END IF;
 
     IF p_otks IS NOT NULL AND p_otks <> '{}' THEN
+        -- Uploads of one device take turns from here on (claims do not: they only lower the count), so the cap below
+        -- counts every committed key and is exact under concurrent uploads. Two-int advisory keys never meet the
+        -- stream's one-bigint key.
+        PERFORM pg_advisory_xact_lock(hashtext(p_user), hashtext(p_device));
         -- New ids only; identical re-uploads and ids already handed out are accepted silently. Keys of one batch
         -- get increasing seq in id order, so claims are first-in first-out by batch.
         INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json)

@@ -232,3 +232,19 @@ def test_uploads_racing_a_concurrent_insert_of_the_same_key_id(two_instances, pg
         assert first["key"] in r.json()["error"]
     assert results[4].status_code == 200, results[4].text
     assert results[4].json()["one_time_key_counts"]["signed_curve25519"] == 1
+
+
+def test_cap_holds_against_a_concurrent_upload(start_server, pg, login):
+    """Another upload of the same device (2 keys) is in flight, uncommitted, when this one (4 keys) arrives with a cap
+    of 5: this one waits for it and is refused, instead of both passing and leaving 6 keys."""
+    s = start_server(max_otks_per_device=5)
+    user, device_id, c = login(s)
+    dev = Device(user, device_id)
+    assert c.post("/keys/upload", json={"device_keys": dev.device_keys()}).status_code == 200
+    other = json.dumps(dev.one_time_keys(2)).replace("'", "''")
+    with transaction_held_open(pg, f"SELECT mx_keys_upload('{user}', '{device_id}', NULL, '{other}', NULL, 5);",
+                               "COMMIT"):
+        r = c.post("/keys/upload", json={"one_time_keys": dev.one_time_keys(4)})
+    assert r.status_code == 400 and "limit is 5" in r.json()["error"], r.text
+    assert c.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"] == 2
+    s.stop()
