@@ -10,6 +10,10 @@
 
 #define CACHE_SLOTS 65536 /* power of two; at most 3/4 used */
 #define MAX_PROBE 32
+/* Homeserver mode: whoami requests in flight per worker (h2o 2.2.5's socket pool does not enforce its capacity, so
+ * this is what bounds the connections to the homeserver), and look-ups waiting for a slot before answering BUSY. */
+#define MAX_WHOAMI_INFLIGHT 64
+#define MAX_WHOAMI_QUEUED 4096
 
 typedef struct st_entry_t {
     uint8_t hash[32];
@@ -20,15 +24,18 @@ typedef struct st_entry_t {
     char *device_id;
 } entry_t;
 
-/* One look-up in flight for one token, with everybody waiting for it. */
+/* One look-up in flight (or queued) for one token, with everybody waiting for it. */
 typedef struct st_pending_t {
-    struct st_pending_t *next;
+    h2o_linklist_t link;       /* auth->pending */
+    h2o_linklist_t queue_link; /* auth->whoami_queue while waiting for a whoami slot */
     mx_auth_t *auth;
     uint8_t hash[32];
     char hex[65];
     h2o_linklist_t waiters;
     mx_db_job_t *job;
     mx_whoami_req_t *whoami;
+    char *token; /* queued look-ups only: the token must be sent later; wiped and freed once sent */
+    size_t token_len;
 } pending_t;
 
 struct st_mx_auth_t {
@@ -38,8 +45,15 @@ struct st_mx_auth_t {
     mx_whoami_client_t *whoami;
     entry_t *slots;
     size_t used;
-    pending_t *pending;
+    h2o_linklist_t pending;
+    h2o_linklist_t whoami_queue;
+    unsigned whoami_inflight, whoami_queued;
+    bool draining;
+    h2o_timeout_t zero_timeout; /* runs the drain once the current I/O callback is over */
+    h2o_timeout_entry_t drain_entry;
 };
+
+static void on_drain(h2o_timeout_entry_t *entry);
 
 void mx_token_hash_hex(const char *token, size_t len, char out[65])
 {
@@ -56,6 +70,10 @@ mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_
     auth->loop = loop;
     auth->config = config;
     auth->db = db;
+    h2o_linklist_init_anchor(&auth->pending);
+    h2o_linklist_init_anchor(&auth->whoami_queue);
+    h2o_timeout_init(loop, &auth->zero_timeout, 0);
+    auth->drain_entry.cb = on_drain;
     auth->slots = calloc(CACHE_SLOTS, sizeof(entry_t));
     if (auth->slots == NULL)
         goto failed;
@@ -69,6 +87,7 @@ mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_
     }
     return auth;
 failed:
+    h2o_timeout_dispose(loop, &auth->zero_timeout);
     free(auth->slots);
     free(auth);
     return NULL;
@@ -165,13 +184,12 @@ static void cache_put(mx_auth_t *auth, const uint8_t hash[32], bool ok, const ch
 
 /* ---- pending look-ups ------------------------------------------------------------------------------------------- */
 
-static void pending_unlink(pending_t *p)
+static void token_forget(pending_t *p)
 {
-    for (pending_t **link = &p->auth->pending; *link != NULL; link = &(*link)->next) {
-        if (*link == p) {
-            *link = p->next;
-            return;
-        }
+    if (p->token != NULL) {
+        sodium_memzero(p->token, p->token_len);
+        free(p->token);
+        p->token = NULL;
     }
 }
 
@@ -180,7 +198,7 @@ static void pending_finish(pending_t *p, mx_auth_status_t status, const char *us
 {
     if (status == MX_AUTH_OK || status == MX_AUTH_UNKNOWN_TOKEN)
         cache_put(p->auth, p->hash, status == MX_AUTH_OK, user_id, device_id);
-    pending_unlink(p);
+    h2o_linklist_unlink(&p->link);
     h2o_linklist_t waiters;
     h2o_linklist_init_anchor(&waiters);
     h2o_linklist_insert_list(&waiters, &p->waiters);
@@ -189,6 +207,7 @@ static void pending_finish(pending_t *p, mx_auth_status_t status, const char *us
         h2o_linklist_unlink(&w->_link);
         w->cb(w, status, user_id, device_id);
     }
+    token_forget(p);
     free(p);
 }
 
@@ -209,10 +228,14 @@ static void on_db(void *owner, mx_db_status_t status, PGresult **results, size_t
         pending_finish(p, MX_AUTH_OK, PQgetvalue(results[0], 0, 0), PQgetvalue(results[0], 0, 1));
 }
 
+static void whoami_drain(mx_auth_t *auth);
+
 static void on_whoami(void *data, mx_whoami_status_t status, const char *user_id, const char *device_id)
 {
     pending_t *p = data;
+    mx_auth_t *auth = p->auth;
     p->whoami = NULL;
+    auth->whoami_inflight--;
     switch (status) {
     case MX_WHOAMI_OK:
         pending_finish(p, MX_AUTH_OK, user_id, device_id);
@@ -224,6 +247,64 @@ static void on_whoami(void *data, mx_whoami_status_t status, const char *user_id
         pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
         break;
     }
+    /* Not now: h2o returns this look-up's connection to the pool only after this callback, and the next look-up
+     * should get that connection instead of opening another. */
+    if (!h2o_linklist_is_empty(&auth->whoami_queue) && !h2o_timeout_is_linked(&auth->drain_entry))
+        h2o_timeout_link(auth->loop, &auth->zero_timeout, &auth->drain_entry);
+}
+
+/* Sends a look-up's whoami request. p may be gone when this returns (the answer can come at once). */
+static void whoami_send(pending_t *p, const char *token, size_t len)
+{
+    mx_auth_t *auth = p->auth;
+    auth->whoami_inflight++; /* before the call: on_whoami may run inside it */
+    if (mx_whoami_lookup(auth->whoami, token, len, on_whoami, p, &p->whoami) != 0) {
+        auth->whoami_inflight--;
+        pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+    }
+}
+
+/* Starts queued look-ups while slots are free. Not re-entered: a look-up that fails at once calls on_whoami from
+ * inside whoami_send, and the outer loop carries on instead of recursing once per queued token. */
+static void whoami_drain(mx_auth_t *auth)
+{
+    if (auth->draining)
+        return;
+    auth->draining = true;
+    while (auth->whoami_inflight < MAX_WHOAMI_INFLIGHT && !h2o_linklist_is_empty(&auth->whoami_queue)) {
+        pending_t *p = H2O_STRUCT_FROM_MEMBER(pending_t, queue_link, auth->whoami_queue.next);
+        h2o_linklist_unlink(&p->queue_link);
+        auth->whoami_queued--;
+        char *token = p->token;
+        size_t len = p->token_len;
+        p->token = NULL; /* wiped here, after the request head holding a copy has been built */
+        whoami_send(p, token, len);
+        sodium_memzero(token, len);
+        free(token);
+    }
+    auth->draining = false;
+}
+
+static void on_drain(h2o_timeout_entry_t *entry)
+{
+    whoami_drain(H2O_STRUCT_FROM_MEMBER(mx_auth_t, drain_entry, entry));
+}
+
+static void start_whoami(pending_t *p, const char *token, size_t len)
+{
+    mx_auth_t *auth = p->auth;
+    if (auth->whoami_inflight < MAX_WHOAMI_INFLIGHT) {
+        whoami_send(p, token, len);
+        return;
+    }
+    if (auth->whoami_queued >= MAX_WHOAMI_QUEUED || (p->token = malloc(len)) == NULL) {
+        pending_finish(p, MX_AUTH_BUSY, NULL, NULL);
+        return;
+    }
+    memcpy(p->token, token, len);
+    p->token_len = len;
+    h2o_linklist_insert(&auth->whoami_queue, &p->queue_link);
+    auth->whoami_queued++;
 }
 
 static void start_lookup(mx_auth_t *auth, const char *token, size_t len, const uint8_t hash[32],
@@ -239,12 +320,9 @@ static void start_lookup(mx_auth_t *auth, const char *token, size_t len, const u
     sodium_bin2hex(p->hex, sizeof(p->hex), hash, 32);
     h2o_linklist_init_anchor(&p->waiters);
     h2o_linklist_insert(&p->waiters, &waiter->_link);
-    p->next = auth->pending;
-    auth->pending = p;
+    h2o_linklist_insert(&auth->pending, &p->link);
     if (auth->whoami != NULL) {
-        /* p may be gone when this returns (the answer can come at once): touch nothing after it. */
-        if (mx_whoami_lookup(auth->whoami, token, len, on_whoami, p, &p->whoami) != 0)
-            pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
+        start_whoami(p, token, len);
         return;
     }
     const char *params[1] = {p->hex};
@@ -288,7 +366,8 @@ void mx_auth_resolve(mx_auth_t *auth, const char *token, size_t len, mx_auth_wai
             waiter->cb(waiter, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
         return;
     }
-    for (pending_t *p = auth->pending; p != NULL; p = p->next) {
+    for (h2o_linklist_t *l = auth->pending.next; l != &auth->pending; l = l->next) {
+        pending_t *p = H2O_STRUCT_FROM_MEMBER(pending_t, link, l);
         if (memcmp(p->hash, hash, 32) == 0) {
             h2o_linklist_insert(&p->waiters, &waiter->_link);
             return;
@@ -308,19 +387,24 @@ void mx_auth_free(mx_auth_t *auth)
 {
     if (auth == NULL)
         return;
-    while (auth->pending != NULL) {
-        pending_t *p = auth->pending;
-        auth->pending = p->next;
+    /* Worker shutdown: the waiters' requests are gone with the loop, so nobody is called back. */
+    while (!h2o_linklist_is_empty(&auth->pending)) {
+        pending_t *p = H2O_STRUCT_FROM_MEMBER(pending_t, link, auth->pending.next);
+        h2o_linklist_unlink(&p->link);
         if (p->job != NULL)
             mx_db_cancel(p->job);
         if (p->whoami != NULL)
             mx_whoami_cancel(p->whoami);
+        token_forget(p);
         free(p);
     }
     for (size_t i = 0; i < CACHE_SLOTS; i++)
         if (auth->slots[i].used)
             entry_clear(&auth->slots[i]);
     free(auth->slots);
+    if (h2o_timeout_is_linked(&auth->drain_entry))
+        h2o_timeout_unlink(&auth->drain_entry);
+    h2o_timeout_dispose(auth->loop, &auth->zero_timeout);
     if (auth->whoami != NULL)
         mx_whoami_client_free(auth->whoami);
     free(auth);

@@ -34,6 +34,8 @@ class FakeHomeserver:
         self.fail_with = None
         self.requests = []  # (path, authorization header) per request
         self.connections = 0
+        self.active = 0  # requests being answered right now
+        self.max_active = 0
         self.lock = threading.Lock()
         outer = self
 
@@ -52,6 +54,15 @@ class FakeHomeserver:
                 auth = self.headers.get("Authorization", "")
                 with outer.lock:
                     outer.requests.append((self.path, auth))
+                    outer.active += 1
+                    outer.max_active = max(outer.max_active, outer.active)
+                try:
+                    self.answer(auth)
+                finally:
+                    with outer.lock:
+                        outer.active -= 1
+
+            def answer(self, auth):
                 token = auth[len("Bearer "):] if auth.startswith("Bearer ") else None
                 if token in outer.drop_once:
                     outer.drop_once.discard(token)
@@ -370,6 +381,23 @@ def test_per_worker_cache_and_coalescing_with_two_workers(mxkeys, hs):
         answers = list(ex.map(lambda _: whoami(s, "shared"), range(12)))
     assert [r.status_code for r in answers] == [200] * 12
     assert 1 <= hs.hits <= 2, "at most one look-up per worker"
+
+
+def test_whoami_requests_in_flight_are_capped_per_worker(mxkeys, hs):
+    # 100 distinct cold tokens at once: at most 64 whoami requests (so connections) at a time, the rest wait their
+    # turn instead of failing
+    n = 100
+    for i in range(n):
+        hs.tokens[f"cap{i}"] = (f"@cap{i}:hs.example", "CAP")
+    hs.delay = 0.5
+    s = mxkeys()
+    with ThreadPoolExecutor(n) as ex:
+        answers = list(ex.map(lambda i: whoami(s, f"cap{i}", timeout=30), range(n)))
+    assert [r.status_code for r in answers] == [200] * n
+    assert [r.json()["user_id"] for r in answers] == [f"@cap{i}:hs.example" for i in range(n)]
+    assert hs.hits == n
+    assert hs.max_active <= 64, f"{hs.max_active} whoami requests were in flight at once"
+    assert hs.connections <= 64
 
 
 def test_keep_alive_connections_to_the_homeserver_are_reused(mxkeys, hs):
