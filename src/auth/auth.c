@@ -277,7 +277,7 @@ static void whoami_drain(mx_auth_t *auth)
         auth->whoami_queued--;
         char *token = p->token;
         size_t len = p->token_len;
-        p->token = NULL; /* wiped here, after the request head holding a copy has been built */
+        p->token = NULL; /* whoami_send builds its request head from it; wiped right after */
         whoami_send(p, token, len);
         sodium_memzero(token, len);
         free(token);
