@@ -90,6 +90,8 @@ int main(int argc, char **argv)
     int status = 2;
     if (population(&o, &pop, &loaded, err, sizeof(err)) != 0)
         return fail("population", err);
+    if (!loaded)
+        pop.backup_sessions = bench_options_wants_backup(&o) ? o.backup_sessions : 0;
     if (bench_ctx_init(&ctx, err, sizeof(err)) != 0) {
         fail("", err);
         goto done;

@@ -244,7 +244,7 @@ static int create_backup(bench_ctx_t *ctx, size_t u, bench_olm_device_t *olm, be
     json_decref(r);
     if (make_blobs(ctx, u, err) != 0)
         return -1;
-    unsigned total = ctx->opts->backup_sessions, per = ctx->opts->sessions;
+    unsigned total = ctx->pop->backup_sessions, per = ctx->opts->sessions;
     char path[512];
     snprintf(path, sizeof(path), CLIENT "/room_keys/keys?version=%s", user->backup_version);
     mx_buf_t b = MX_BUF_INIT;
@@ -322,7 +322,6 @@ int bench_setup_population(bench_ctx_t *ctx, bool progress, char *err, size_t er
         return -1;
     if ((pop->changes_to = stream_token(ctx, err, errlen)) == NULL)
         return -1;
-    pop->backup_sessions = bench_options_wants_backup(ctx->opts) ? ctx->opts->backup_sessions : 0;
     return 0;
 }
 
