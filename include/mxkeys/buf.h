@@ -12,7 +12,10 @@ typedef struct st_mx_buf_t {
     size_t cap;
 } mx_buf_t;
 
-#define MX_BUF_INIT {NULL, 0, 0}
+#define MX_BUF_INIT                                                                                                    \
+    {                                                                                                                  \
+        NULL, 0, 0                                                                                                     \
+    }
 
 /** Makes room for `extra` more bytes (plus a trailing NUL). Aborts the process on out-of-memory. */
 void mx_buf_reserve(mx_buf_t *buf, size_t extra);

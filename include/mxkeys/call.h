@@ -27,10 +27,10 @@ struct st_mx_call_t {
     size_t route_index;
     const char *params[MX_ROUTE_MAX_PARAMS]; /* percent-decoded path captures, NUL-terminated, pool memory */
     size_t nparams;
-    json_t *body;           /* the parsed JSON object, or NULL (MX_BODY_NONE / empty optional body) */
-    const char *user_id;    /* authenticated user (MX_ROUTE_USER), pool memory */
-    const char *device_id;  /* device of the access token; may be "" when the homeserver reports none */
-    void *data;             /* handler's own state (allocate with mx_call_alloc) */
+    json_t *body;          /* the parsed JSON object, or NULL (MX_BODY_NONE / empty optional body) */
+    const char *user_id;   /* authenticated user (MX_ROUTE_USER), pool memory */
+    const char *device_id; /* device of the access token; may be "" when the homeserver reports none */
+    void *data;            /* handler's own state (allocate with mx_call_alloc) */
     /* private */
     mx_db_job_t *_job;
     mx_call_db_cb _db_cb;
@@ -83,6 +83,11 @@ void mx_call_stream_abort(mx_call_t *call);
  * never runs; returns -1 if answered now.
  */
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
+/**
+ * Checks every result of a job. On the first failed one it answers the call (as mx_call_db_error does) and returns
+ * false: `if (!mx_call_results_ok(call, results, n)) return;` opens every DB callback.
+ */
+bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults);
 /**
  * Answers for a failed statement result: an MXERR raised by our SQL functions becomes the Matrix error it names;
  * a serialization failure or deadlock becomes 503 (retry); anything else is logged and answered 500.

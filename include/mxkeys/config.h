@@ -19,8 +19,8 @@ typedef struct st_mx_config_t {
     /* database */
     char *database_url; /* NULL: embedded cluster under state_dir */
     char *state_dir;
-    unsigned db_connections;  /* per worker */
-    unsigned db_queue_depth;  /* in-flight queries per worker before 503 */
+    unsigned db_connections; /* per worker */
+    unsigned db_queue_depth; /* in-flight queries per worker before 503 */
     /* workers and limits */
     unsigned workers;
     size_t max_body_bytes;
@@ -29,9 +29,9 @@ typedef struct st_mx_config_t {
     /* auth */
     mx_auth_mode_t auth_mode;
     char *homeserver_url;
-    unsigned token_cache_ms;   /* positive cache TTL (local and homeserver modes) */
+    unsigned token_cache_ms;    /* positive cache TTL (local and homeserver modes) */
     unsigned token_negative_ms; /* failure cache TTL */
-    char *admin_token;         /* NULL: admin API disabled */
+    char *admin_token;          /* NULL: admin API disabled */
     /* behaviour */
     mx_validation_t validation;
     mx_xsign_replacement_t xsign_replacement;

@@ -8,7 +8,6 @@
 /** Connects, retrying for up to `wait_ms` while the server is starting. Returns NULL with a reason in `err`. */
 PGconn *mx_db_connect_blocking(const char *conninfo, unsigned wait_ms, char *err, size_t errlen);
 /** Runs one parameterised statement; returns the result (caller clears) or NULL with a reason in `err`. */
-PGresult *mx_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *values, char *err,
-                     size_t errlen);
+PGresult *mx_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *values, char *err, size_t errlen);
 
 #endif

@@ -12,7 +12,7 @@
     X(MX_ERR_INVALID_SIGNATURE, 400, "M_INVALID_SIGNATURE")                                                            \
     X(MX_ERR_TOO_LARGE, 413, "M_TOO_LARGE")                                                                            \
     X(MX_ERR_MISSING_TOKEN, 401, "M_MISSING_TOKEN")                                                                    \
-    X(MX_ERR_UNKNOWN_TOKEN, 401, "M_UNKNOWN_TOKEN")                                                                     \
+    X(MX_ERR_UNKNOWN_TOKEN, 401, "M_UNKNOWN_TOKEN")                                                                    \
     X(MX_ERR_FORBIDDEN, 403, "M_FORBIDDEN")                                                                            \
     X(MX_ERR_WRONG_ROOM_KEYS_VERSION, 403, "M_WRONG_ROOM_KEYS_VERSION")                                                \
     X(MX_ERR_NOT_FOUND, 404, "M_NOT_FOUND")                                                                            \

@@ -19,4 +19,17 @@ bool mx_keys_remote_note(mx_keys_remote_t *r, const char *user_id);
 void mx_keys_remote_encode(const mx_keys_remote_t *r, mx_buf_t *out);
 void mx_keys_remote_free(mx_keys_remote_t *r);
 
+struct st_mx_call_t;
+/** Checks one user's value in a request map; returns how many entries it counts for, or -1 after answering. */
+typedef long (*mx_keys_user_value_check)(struct st_mx_call_t *call, const char *user_id, const json_t *value);
+
+/**
+ * Reads the body member `member` of a /keys/query or /keys/claim: a map of user id -> value (`shape` describes it for
+ * the error message), plus an optional integer `timeout`. Validates user ids and every value with `check`, enforces
+ * the per-request entry cap, and splits local users from other servers'. Returns the local part as JSON text and the
+ * encoded `failures` object (both request memory), or NULL after answering the call.
+ */
+const char *mx_keys_split_request(struct st_mx_call_t *call, const char *member, const char *shape,
+                                  mx_keys_user_value_check check, mx_buf_t **failures);
+
 #endif

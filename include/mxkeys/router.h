@@ -47,7 +47,7 @@ typedef struct st_mx_slice_t {
 
 typedef struct st_mx_route_match_t {
     const mx_route_t *route;
-    size_t index; /* position of route in the table (metrics slot) */
+    size_t index;                           /* position of route in the table (metrics slot) */
     mx_slice_t params[MX_ROUTE_MAX_PARAMS]; /* raw (still percent-encoded) captures */
     size_t nparams;
 } mx_route_match_t;

@@ -21,8 +21,8 @@ typedef void (*mx_whoami_cb)(void *data, mx_whoami_status_t status, const char *
  * Creates a client for `homeserver_url` ("http://host:port", optional path prefix). Returns NULL with a reason
  * when the URL is not usable (https is refused: put the homeserver's plain-HTTP listener or a local proxy there).
  */
-mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms,
-                                         char *err, size_t errlen);
+mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms, char *err,
+                                         size_t errlen);
 void mx_whoami_client_free(mx_whoami_client_t *client);
 /**
  * Starts a look-up. Returns 0 and stores the handle in `*handle` before anything can call back; `cb` then runs exactly

@@ -5,11 +5,8 @@
 
 static void on_deleted(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_call_respond(call, 200, "{}", 2);
 }
 
@@ -37,11 +34,8 @@ void mx_api_admin_delete_user(mx_call_t *call)
 
 static void on_allowed(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     if (PQgetvalue(results[0], 0, 0)[0] != 't') {
         mx_call_error(call, MX_ERR_NOT_FOUND, "%s has no master cross-signing key to replace", call->params[0]);
         return;

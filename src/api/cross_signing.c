@@ -101,11 +101,8 @@ static const char *check_cross_signing_key(mx_call_t *call, int kind, const json
 
 static void on_xsign_stored(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_call_respond(call, 200, "{}", 2);
 }
 
@@ -138,12 +135,9 @@ static void respond_uia(mx_call_t *call)
 
 static void on_upload_context(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
     xsign_upload_t *u = call->data;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     json_t *ctx = json_loads(PQgetvalue(results[0], 0, 0), 0, NULL);
     const json_t *stored = json_object_get(ctx, "keys");
     const json_t *clash = json_object_get(ctx, "device_ids");
@@ -377,22 +371,16 @@ static void respond_failures(mx_call_t *call)
 
 static void on_signatures_stored(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     respond_failures(call);
 }
 
 static void on_signatures_context(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
     sig_upload_t *s = call->data;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     json_t *ctx = json_loads(PQgetvalue(results[0], 0, 0), 0, NULL);
     json_t *store = json_array();
     const char *user;

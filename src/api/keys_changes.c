@@ -25,11 +25,8 @@ static int parse_token(const char *s, int64_t *out)
 
 static void on_changes(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_buf_t *buf = mx_call_buf(call);
     /* `left` stays empty: mxkeys does not know room membership. */
     mx_buf_puts(buf, "{\"changed\":");
@@ -66,11 +63,8 @@ void mx_api_keys_changes(mx_call_t *call)
 
 static void on_position(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_buf_t *buf = mx_call_buf(call);
     mx_buf_printf(buf, "{\"device_list\":\"%s%s\"}", TOKEN_PREFIX, PQgetvalue(results[0], 0, 0));
     mx_call_respond_buf(call, 200, buf);

@@ -1,5 +1,7 @@
 #include "mxkeys/keys_remote.h"
+#include <stdlib.h>
 #include <string.h>
+#include "mxkeys/call.h"
 #include "mxkeys/json_writer.h"
 #include "mxkeys/keys_validate.h"
 
@@ -42,4 +44,61 @@ void mx_keys_remote_free(mx_keys_remote_t *r)
 {
     json_decref(r->servers);
     r->servers = NULL;
+}
+
+const char *mx_keys_split_request(mx_call_t *call, const char *member, const char *shape,
+                                  mx_keys_user_value_check check, mx_buf_t **failures)
+{
+    const json_t *wanted = json_object_get(call->body, member);
+    const json_t *timeout = json_object_get(call->body, "timeout");
+    if (wanted == NULL) {
+        mx_call_error(call, MX_ERR_MISSING_PARAM, "missing `%s`", member);
+        return NULL;
+    }
+    if (!json_is_object(wanted)) {
+        mx_call_error(call, MX_ERR_BAD_JSON, "`%s` must be an object of %s", member, shape);
+        return NULL;
+    }
+    if (timeout != NULL && !json_is_integer(timeout)) {
+        mx_call_error(call, MX_ERR_BAD_JSON, "`timeout` must be an integer");
+        return NULL;
+    }
+    const char *result = NULL;
+    mx_keys_remote_t remote;
+    mx_keys_remote_init(&remote, call->config->server_name);
+    json_t *local = json_object();
+    size_t entries = 0;
+    const char *user;
+    json_t *value;
+    json_object_foreach((json_t *)wanted, user, value)
+    {
+        if (!mx_user_id_valid(user)) {
+            mx_call_error(call, MX_ERR_INVALID_PARAM, "`%s` is not a valid user id", user);
+            goto done;
+        }
+        long n = check(call, user, value);
+        if (n < 0)
+            goto done;
+        entries += (size_t)n;
+        if (entries > call->config->max_keys_per_request) {
+            mx_call_error(call, MX_ERR_INVALID_PARAM, "too many entries in `%s` (the limit is %u)", member,
+                          call->config->max_keys_per_request);
+            goto done;
+        }
+        if (mx_keys_remote_note(&remote, user))
+            json_object_set(local, user, value);
+    }
+    char *text = json_dumps(local, JSON_COMPACT);
+    if (text == NULL) {
+        mx_call_error(call, MX_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    result = mx_call_strdup(call, text, strlen(text));
+    free(text);
+    *failures = mx_call_buf(call);
+    mx_keys_remote_encode(&remote, *failures);
+done:
+    mx_keys_remote_free(&remote);
+    json_decref(local);
+    return result;
 }

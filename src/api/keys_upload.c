@@ -85,11 +85,8 @@ static bool needs_device_key(const json_t *otks, const json_t *fallbacks)
 
 static void on_uploaded(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_buf_t *buf = mx_call_buf(call);
     mx_jw_t jw;
     mx_jw_init(&jw, buf);
@@ -124,11 +121,8 @@ static void check_keys_and_store(mx_call_t *call, const char *ed25519)
 
 static void on_stored_device_key(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     const char *ed25519 = PQgetisnull(results[0], 0, 0) ? NULL : PQgetvalue(results[0], 0, 0);
     check_keys_and_store(call, ed25519 ? mx_call_strdup(call, ed25519, strlen(ed25519)) : NULL);
 }

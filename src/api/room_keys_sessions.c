@@ -12,11 +12,8 @@
 
 static void on_put(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_backup_respond_write(call, results[0]);
 }
 
@@ -138,13 +135,8 @@ void mx_api_backup_keys_delete(mx_call_t *call)
 
 static void on_session(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    for (int i = 0; i < 2; i++) {
-        if (!mx_db_result_ok(results[i])) {
-            mx_call_db_error(call, results[i]);
-            return;
-        }
-    }
+    if (!mx_call_results_ok(call, results, n))
+        return;
     if (PQgetvalue(results[0], 0, 0)[0] != 't') {
         mx_call_error(call, MX_ERR_NOT_FOUND, "no backup version %s", mx_call_query(call, "version"));
         return;

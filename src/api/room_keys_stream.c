@@ -127,21 +127,16 @@ static void write_rows(session_stream_t *st, const PGresult *page, int rows)
 static void on_page(mx_call_t *call, PGresult **results, size_t n)
 {
     session_stream_t *st = call->data;
+    /* after the first chunk a failed page aborts the stream (mx_call_db_error knows) */
+    if (!mx_call_results_ok(call, results, n))
+        return;
     if (!st->started) {
-        if (!mx_db_result_ok(results[0])) {
-            mx_call_db_error(call, results[0]);
-            return;
-        }
         if (PQgetvalue(results[0], 0, 0)[0] != 't') {
             mx_call_error(call, MX_ERR_NOT_FOUND, "no backup version %s", st->version);
             return;
         }
     }
     PGresult *page = results[n - 1];
-    if (!mx_db_result_ok(page)) {
-        mx_call_db_error(call, page); /* after the first chunk this aborts the stream */
-        return;
-    }
     if (!st->started) {
         st->started = true;
         mx_call_stream_start(call, 200, &st->super);

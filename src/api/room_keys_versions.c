@@ -59,11 +59,8 @@ static int check_version_body(mx_call_t *call, const char **algorithm, char **au
 
 static void on_created(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_buf_t *buf = mx_call_buf(call);
     mx_buf_printf(buf, "{\"version\":\"%s\"}", PQgetvalue(results[0], 0, 0));
     mx_call_respond_buf(call, 200, buf);
@@ -82,11 +79,8 @@ void mx_api_backup_version_create(mx_call_t *call)
 
 static void on_version(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     if (PQgetisnull(results[0], 0, 0)) {
         mx_call_error(call, MX_ERR_NOT_FOUND, "no such backup version");
         return;
@@ -126,11 +120,8 @@ void mx_api_backup_version_get(mx_call_t *call)
 
 static void on_done_empty(mx_call_t *call, PGresult **results, size_t n)
 {
-    (void)n;
-    if (!mx_db_result_ok(results[0])) {
-        mx_call_db_error(call, results[0]);
+    if (!mx_call_results_ok(call, results, n))
         return;
-    }
     mx_call_respond(call, 200, "{}", 2);
 }
 

@@ -170,6 +170,17 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
     }
 }
 
+bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults)
+{
+    for (size_t i = 0; i < nresults; i++) {
+        if (!mx_db_result_ok(results[i])) {
+            mx_call_db_error(call, results[i]);
+            return false;
+        }
+    }
+    return true;
+}
+
 void mx_call_db_error(mx_call_t *call, const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
