@@ -287,6 +287,11 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
             return fail(err, errlen, "%s: expected local or homeserver, got \"%s\"", source, v);
         return 0;
     case KIND_URL: {
+        if (strncmp(v, "https://", 8) == 0)
+            return fail(err, errlen,
+                        "%s: https is not supported (\"%s\"); use the homeserver's plain-HTTP listener or a local "
+                        "TLS-terminating proxy",
+                        source, v);
         if (check_homeserver_url(v) != 0)
             return fail(err, errlen, "%s: expected http://host[:port][/prefix], got \"%s\"", source, v);
         if (set_string(field, v) != 0)

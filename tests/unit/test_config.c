@@ -234,7 +234,8 @@ static void test_bad_values(void)
     check_bad("--state-dir: expected a non-empty value", PARSE("--state-dir", ""));
     check_bad("--auth: expected local or homeserver, got \"ldap\"", PARSE("--auth", "ldap"));
     check_bad("--auth homeserver requires --homeserver-url", PARSE("--auth", "homeserver"));
-    check_bad("--homeserver-url: expected http://host[:port][/prefix]", PARSE("--homeserver-url", "https://hs"));
+    check_bad("--homeserver-url: https is not supported", PARSE("--homeserver-url", "https://hs"));
+    check_bad("--homeserver-url: expected http://host[:port][/prefix]", PARSE("--homeserver-url", "ftp://hs"));
     check_bad("--homeserver-url: expected http://host[:port][/prefix]", PARSE("--homeserver-url", "http://"));
     check_bad("--homeserver-url: expected http://host[:port][/prefix]", PARSE("--homeserver-url", "http://hs:0"));
     check_bad("--homeserver-url: expected http://host[:port][/prefix]", PARSE("--homeserver-url", "http://hs?x=1"));
