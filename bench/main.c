@@ -46,8 +46,10 @@ static int population(const bench_options_t *o, bench_population_t *pop, bool *l
         return 0;
     }
     if (o->tokens_file != NULL)
+        /* Upload devices are never part of a saved state: set-up alone keeps every entry for the population. */
         return bench_population_tokens(pop, o->tokens_file,
-                                       o->weights[SC_UPLOAD] > 0 ? bench_setup_upload_devices(o) : 0, err, errlen);
+                                       o->weights[SC_UPLOAD] > 0 && !o->setup_only ? bench_setup_upload_devices(o) : 0,
+                                       err, errlen);
     if (o->mint_command == NULL) {
         snprintf(err, errlen, "%s does not exist: set up first (with --mint-command or --tokens)", o->state_file);
         return -1;

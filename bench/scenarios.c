@@ -166,7 +166,8 @@ void bench_scenario_build(bench_ctx_t *ctx, bench_scenario_t sc, uint64_t *rng, 
     case SC_QUERY: {
         size_t start = below(rng, pop->nusers);
         mx_buf_puts(scratch, "{\"device_keys\":{");
-        for (unsigned k = 0; k < ctx->opts->query_users; k++) {
+        size_t nq = ctx->opts->query_users < pop->nusers ? ctx->opts->query_users : pop->nusers;
+        for (size_t k = 0; k < nq; k++) {
             mx_buf_puts(scratch, k > 0 ? ",\"" : "\"");
             const char *uid = pop->users[(start + k) % pop->nusers].user_id;
             mx_json_escape(scratch, uid, strlen(uid));

@@ -1,0 +1,254 @@
+#!/usr/bin/env bash
+# The one documented bench command. Starts a throwaway mxkeysd (embedded database, or --database-url), sets up a
+# population once, then for query, claim and backup-put runs mxkeys-bench and pgbench with the same SQL on the same
+# database back to back, runs the standard mix with plots, and prints the ratio table. Results go to
+# bench/results/<UTC timestamp>/ (git-ignored). Every server it starts listens on 127.0.0.1 or a unix socket only.
+#
+#   bench/run.sh [--duration S] [--rounds N] [--mix-duration S] [--concurrency N] [--users U] [--devices D] [--otks N]
+#                [--mix SPEC] [--database-url URL] [--other-url URL --other-tokens FILE] [--keep]
+#
+# --other-url/--other-tokens run the same single-scenario loads against another homeserver (a tokens file of
+# {user_id, device_id, access_token}) and add its figures to the table. Environment: MXKEYS_BUILD_DIR (default
+# ./build), MXKEYSD and MXKEYS_BENCH (binaries, instead of building).
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+PY=/usr/bin/python3
+PG_BIN=/usr/lib/postgresql/15/bin
+
+DURATION=12
+ROUNDS=3
+MIX_DURATION=30
+CONCURRENCY=16
+USERS=50
+DEVICES=5
+OTKS=150
+MIX=mix:upload=1,query=4,claim=2,changes=1,backup-put=1,backup-get=1
+DATABASE_URL=
+OTHER_URL=
+OTHER_TOKENS=
+KEEP=0
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --duration) DURATION=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
+    --mix-duration) MIX_DURATION=$2; shift 2 ;;
+    --concurrency) CONCURRENCY=$2; shift 2 ;;
+    --users) USERS=$2; shift 2 ;;
+    --devices) DEVICES=$2; shift 2 ;;
+    --otks) OTKS=$2; shift 2 ;;
+    --mix) MIX=$2; shift 2 ;;
+    --database-url) DATABASE_URL=$2; shift 2 ;;
+    --other-url) OTHER_URL=$2; shift 2 ;;
+    --other-tokens) OTHER_TOKENS=$2; shift 2 ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+if [ -n "$OTHER_URL" ] && [ -z "$OTHER_TOKENS" ]; then
+    echo "run.sh: --other-url needs --other-tokens" >&2
+    exit 2
+fi
+
+say() { printf '\033[1m== %s\033[0m\n' "$*" >&2; }
+
+# ---- tools ------------------------------------------------------------------------------------------------------
+if [ -z "${MXKEYSD:-}" ] || [ -z "${MXKEYS_BENCH:-}" ]; then
+    BUILD=${MXKEYS_BUILD_DIR:-$REPO/build}
+    if [ ! -f "$BUILD/build.ninja" ]; then
+        say "configuring $BUILD"
+        meson setup "$BUILD" "$REPO" >/dev/null
+    fi
+    say "building mxkeysd and mxkeys-bench in $BUILD"
+    ninja -C "$BUILD" mxkeysd bench/mxkeys-bench >/dev/null
+    MXKEYSD=${MXKEYSD:-$BUILD/mxkeysd}
+    MXKEYS_BENCH=${MXKEYS_BENCH:-$BUILD/bench/mxkeys-bench}
+fi
+install_pkg() {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing $1"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1 ||
+            { apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$1" >/dev/null 2>&1; } ||
+            echo "run.sh: could not install $1" >&2
+    fi
+}
+command -v gnuplot >/dev/null || install_pkg gnuplot-nox
+PGBENCH=$PG_BIN/pgbench
+[ -x "$PGBENCH" ] || PGBENCH=$(command -v pgbench || true)
+if [ -z "$PGBENCH" ]; then
+    install_pkg postgresql-15
+    PGBENCH=$PG_BIN/pgbench
+fi
+[ -x "$PGBENCH" ] || { echo "run.sh: pgbench not found (Debian package postgresql-15)" >&2; exit 2; }
+
+RESULTS=$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)
+mkdir -p "$RESULTS"
+exec > >(tee "$RESULTS/summary.txt") 2> >(tee -a "$RESULTS/summary.txt" >&2)
+
+# ---- a throwaway mxkeysd ----------------------------------------------------------------------------------------
+STATE=$(mktemp -d /tmp/mxkeys-bench-run.XXXXXX)
+chmod 755 "$STATE" # the embedded cluster's unprivileged user must reach it (otherwise it moves under /var/lib)
+SERVER_PID=
+cleanup() {
+    if [ -n "$SERVER_PID" ]; then
+        kill -TERM "$SERVER_PID" 2>/dev/null || true
+        wait "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [ "$KEEP" = 1 ]; then
+        echo "run.sh: kept $STATE" >&2
+    else
+        rm -rf "$STATE"
+    fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+URL=http://127.0.0.1:$PORT
+SERVE=(serve --listen "127.0.0.1:$PORT" --log-level warn)
+if [ -n "$DATABASE_URL" ]; then
+    SERVE+=(--database-url "$DATABASE_URL")
+    MINT_DB="--database-url '$DATABASE_URL'"
+else
+    SERVE+=(--state-dir "$STATE")
+    MINT_DB="--state-dir '$STATE'"
+fi
+say "starting mxkeysd on $URL ($([ -n "$DATABASE_URL" ] && echo "given database" || echo "embedded database in $STATE"))"
+"$MXKEYSD" "${SERVE[@]}" >"$RESULTS/mxkeysd.log" 2>&1 </dev/null &
+SERVER_PID=$!
+for _ in $(seq 1 600); do
+    curl -fs "$URL/_mxkeys/ready" >/dev/null 2>&1 && break
+    kill -0 "$SERVER_PID" 2>/dev/null || { tail -n 30 "$RESULTS/mxkeysd.log" >&2; exit 1; }
+    sleep 0.1
+done
+curl -fs "$URL/_mxkeys/ready" >/dev/null || { echo "run.sh: mxkeysd did not become ready" >&2; exit 1; }
+
+if [ -n "$DATABASE_URL" ]; then
+    PGCONN=$DATABASE_URL
+else
+    SOCK=$(sed -n 's/^socket=//p' "$STATE/pg.location")
+    PGCONN="host=$SOCK port=5432 user=mxkeys dbname=mxkeys"
+fi
+
+MINT="'$MXKEYSD' token create --user {user} --device {device} $MINT_DB 2>/dev/null"
+BENCH=("$MXKEYS_BENCH" --url "$URL" --mint-command "$MINT" --state "$RESULTS/state.json")
+
+# ---- set-up, once -------------------------------------------------------------------------------------------------
+say "set-up: $USERS users x $DEVICES devices, $OTKS one-time keys each, backups of 1000 sessions"
+"${BENCH[@]}" --setup-only --users "$USERS" --devices "$DEVICES" --otks "$OTKS" --backup-sessions 1000 \
+    --sessions 100 --query-users 10 --pgbench-out "$RESULTS"
+# Fresh planner statistics after the bulk writes of set-up, for both sides alike.
+psql "$PGCONN" -q -At -v ON_ERROR_STOP=1 -c ANALYZE
+PGVARS=()
+while IFS= read -r line; do PGVARS+=(-D "$line"); done <"$RESULTS/vars"
+PREFIX=$(sed -n 's/^prefix=//p' "$RESULTS/vars")
+
+if [ -n "$OTHER_URL" ]; then
+    say "set-up on the other server $OTHER_URL (tokens from $OTHER_TOKENS)"
+    OTHER_BENCH=("$MXKEYS_BENCH" --url "$OTHER_URL" --tokens "$OTHER_TOKENS" --state "$RESULTS/other-state.json")
+    "${OTHER_BENCH[@]}" --setup-only --otks 20 --backup-sessions 1000 --sessions 100 --query-users 10
+fi
+
+json() { $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
+pgbench_tps() { sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$1"; }
+
+# ---- mxkeys vs the raw database, per scenario -----------------------------------------------------------------------
+declare -A MX RAW RATIO ROUNDS_TEXT OTHER LABEL
+LABEL[query]="query (10 users x $DEVICES devices)"
+LABEL[claim]="claim (1 one-time key)"
+LABEL[backup-put]="backup-put (100 sessions)"
+# Paired rounds: mxkeys, then pgbench, ROUNDS times per scenario. Other workloads on a shared machine drift over
+# minutes; a ratio of two figures taken seconds apart, and the median over rounds, is much steadier than one long
+# run of each.
+SLICE=$(( DURATION / ROUNDS > 2 ? DURATION / ROUNDS : 2 ))
+for sc in query claim backup-put; do
+    script=${sc//-/_}
+    if [ "$sc" = claim ]; then
+        # One-time keys for every claim slice of both sides, sized for up to 8000 claims/s: neither side may fall
+        # back to the (much cheaper) fallback key. Copies of real signed keys; the claim path does not look inside.
+        per=$(( 8000 * (2 * SLICE + 1) * ROUNDS / (USERS * DEVICES) + 50 ))
+        say "claim: topping up $per one-time keys per device"
+        psql "$PGCONN" -q -At -v ON_ERROR_STOP=1 -v pattern="@$PREFIX-%" -v tag="$(date +%s)_" \
+            -v per_device="$per" -f "$HERE/pgbench/claim_topup.sql" >/dev/null
+    fi
+    mx_rates=()
+    raw_rates=()
+    for round in $(seq 1 "$ROUNDS"); do
+        say "$sc, round $round/$ROUNDS: mxkeys-bench ${SLICE}s, then pgbench ${SLICE}s (concurrency $CONCURRENCY)"
+        out=$RESULTS/$sc-$round
+        "${BENCH[@]}" --scenario "$sc" --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" \
+            --json "$out.json" --check --no-progress >"$out.txt" 2>&1 ||
+            { cat "$out.txt"; echo "run.sh: $sc had unexpected errors (above)" >&2; }
+        mx_rates+=("$(json "$out.json" "d['scenarios']['$sc']['throughput']")")
+        extra=()
+        if [ "$sc" = backup-put ]; then
+            extra=(-D "start=$((4000000000000000 - $(date +%s%6N)))" -D k=0)
+        fi
+        "$PGBENCH" -n -M prepared -c "$CONCURRENCY" -j "$(nproc)" -T "$SLICE" -f "$HERE/pgbench/$script.sql" \
+            "${PGVARS[@]}" "${extra[@]}" "$PGCONN" >"$RESULTS/pgbench-$sc-$round.log" 2>&1 ||
+            { tail -n 20 "$RESULTS/pgbench-$sc-$round.log" >&2; exit 1; }
+        raw_rates+=("$(pgbench_tps "$RESULTS/pgbench-$sc-$round.log")")
+        if [ "$sc" = claim ]; then
+            fb=$(json "$out.json" "d['scenarios']['claim']['answers']['fallback']")
+            [ "$fb" = 0 ] || echo "run.sh: WARNING: $fb of mxkeys' claims got fallback keys" >&2
+        fi
+    done
+    read -r MX[$sc] RAW[$sc] RATIO[$sc] ROUNDS_TEXT[$sc] < <($PY - "${mx_rates[*]}" "${raw_rates[*]}" <<'PYEOF'
+import statistics, sys
+mx = [float(x) for x in sys.argv[1].split()]
+raw = [float(x) for x in sys.argv[2].split()]
+ratios = [m / r for m, r in zip(mx, raw) if r > 0]
+detail = ";".join("%.0f/%.0f" % p for p in zip(mx, raw))
+print("%.1f %.1f %.2f %s" % (statistics.median(mx), statistics.median(raw),
+                             statistics.median(ratios) if ratios else float("nan"), detail))
+PYEOF
+)
+    echo "$sc: mxkeys ${MX[$sc]} req/s, raw ${RAW[$sc]} tx/s (medians), ratio ${RATIO[$sc]} (rounds mxkeys/raw: ${ROUNDS_TEXT[$sc]})"
+    if [ "$sc" = claim ]; then
+        dry=$(psql "$PGCONN" -At -c "SELECT count(*) FROM fallback_keys f WHERE f.user_id LIKE '@$PREFIX-%'
+              AND NOT EXISTS (SELECT 1 FROM one_time_keys o WHERE o.user_id = f.user_id AND o.device_id = f.device_id)")
+        [ "$dry" = 0 ] || echo "run.sh: WARNING: $dry devices ran out of one-time keys during the claim runs" >&2
+    fi
+    if [ -n "$OTHER_URL" ]; then
+        say "$sc: the other server $OTHER_URL, ${DURATION}s"
+        "${OTHER_BENCH[@]}" --scenario "$sc" --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" \
+            --json "$RESULTS/other-$sc.json" || echo "run.sh: $sc against $OTHER_URL had unexpected errors" >&2
+        OTHER[$sc]=$(json "$RESULTS/other-$sc.json" "round(d['scenarios']['$sc']['throughput'], 1)")
+    fi
+done
+
+# ---- the standard mix, with plots -----------------------------------------------------------------------------------
+say "mix: $MIX, ${MIX_DURATION}s at concurrency $CONCURRENCY"
+"${BENCH[@]}" --scenario "$MIX" --duration "$MIX_DURATION" --warmup 3 --concurrency "$CONCURRENCY" \
+    --json "$RESULTS/mix.json" --csv "$RESULTS/mix.csv" --plot "$RESULTS/mix" ||
+    echo "run.sh: the mix had unexpected errors (see above)" >&2
+
+# ---- the ratio table ------------------------------------------------------------------------------------------------
+CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
+{
+    echo "mxkeys vs the raw database on $(date -u +%Y-%m-%d), $(nproc) cores (${CPU:-unknown CPU}), $(uname -sr)"
+    echo "concurrency $CONCURRENCY; $ROUNDS paired rounds of ${SLICE}s per scenario (mxkeys, then pgbench); mxkeys:"
+    echo "requests/s over HTTP; raw: pgbench tx/s running the same statements (-M prepared) on the same database."
+    echo "Figures are medians over rounds; ratio = median of the paired mxkeys / raw ratios (the headline number)."
+    echo
+    if [ -n "$OTHER_URL" ]; then
+        echo "| scenario | mxkeys req/s | raw SQL tx/s | mxkeys / raw | other req/s | mxkeys / other |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+    else
+        echo "| scenario | mxkeys req/s | raw SQL tx/s | mxkeys / raw |"
+        echo "| --- | ---: | ---: | ---: |"
+    fi
+    for sc in query claim backup-put; do
+        row="| ${LABEL[$sc]} | ${MX[$sc]} | ${RAW[$sc]} | ${RATIO[$sc]} |"
+        if [ -n "$OTHER_URL" ]; then
+            vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]}))" 2>/dev/null || echo "n/a")
+            row="$row ${OTHER[$sc]} | $vs |"
+        fi
+        echo "$row"
+    done
+    echo
+    echo "plots: $RESULTS/mix-timeline.png $RESULTS/mix-cdf.png"
+} | tee "$RESULTS/ratios.md"
+say "results in $RESULTS"
