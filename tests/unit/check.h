@@ -22,7 +22,7 @@ static int check_failures, check_count;
         check_count++;                                                                                                 \
         if (check_a_ == NULL || check_b_ == NULL || strcmp(check_a_, check_b_) != 0) {                                 \
             check_failures++;                                                                                          \
-            fprintf(stderr, "%s:%d: CHECK_STREQ failed:\n  got:      %s\n  expected: %s\n", __FILE__, __LINE__,      \
+            fprintf(stderr, "%s:%d: CHECK_STREQ failed:\n  got:      %s\n  expected: %s\n", __FILE__, __LINE__,        \
                     check_a_ ? check_a_ : "(null)", check_b_ ? check_b_ : "(null)");                                   \
         }                                                                                                              \
     } while (0)

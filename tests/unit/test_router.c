@@ -39,16 +39,15 @@ int main(void)
     /* wrong method: 405 with the allowed set */
     CHECK(match(MX_METHOD_GET, "/_matrix/client/v3/keys/upload", &m, &allowed) == MX_ROUTE_WRONG_METHOD);
     CHECK(allowed == (MX_METHOD_POST | MX_METHOD_OPTIONS));
-    CHECK(match(MX_METHOD_DELETE, "/_matrix/client/v3/room_keys/keys/!r:x/s1", &m, &allowed) ==
-          MX_ROUTE_WRONG_METHOD);
+    CHECK(match(MX_METHOD_DELETE, "/_matrix/client/v3/room_keys/keys/!r:x/s1", &m, &allowed) == MX_ROUTE_WRONG_METHOD);
     CHECK(allowed == (MX_METHOD_GET | MX_METHOD_PUT | MX_METHOD_OPTIONS));
 
     /* captures: one non-empty segment each, still percent-encoded */
     CHECK(match(MX_METHOD_PUT, "/_matrix/client/v3/room_keys/keys/%21room%3Ax/sess", &m, NULL) == MX_ROUTE_FOUND);
     CHECK(m.nparams == 2 && m.params[0].len == 11 && memcmp(m.params[0].base, "%21room%3Ax", 11) == 0);
     CHECK(m.params[1].len == 4 && memcmp(m.params[1].base, "sess", 4) == 0);
-    CHECK(match(MX_METHOD_GET, "/_matrix/client/v3/room_keys/keys/!r:x", &m, NULL) == MX_ROUTE_FOUND &&
-          m.index == 3 && m.nparams == 1);
+    CHECK(match(MX_METHOD_GET, "/_matrix/client/v3/room_keys/keys/!r:x", &m, NULL) == MX_ROUTE_FOUND && m.index == 3 &&
+          m.nparams == 1);
     CHECK(match(MX_METHOD_GET, "/_matrix/client/v3/room_keys/keys//s", &m, NULL) == MX_ROUTE_NO_PATH);
     CHECK(match(MX_METHOD_GET, "/_matrix/client/v3/room_keys/keys/a/b/c", &m, NULL) == MX_ROUTE_NO_PATH);
 
