@@ -462,9 +462,11 @@ static void *thread_main(void *arg)
         }
     }
     /* Requests due before the end but never sent: the server was too slow for the rate asked. */
-    if (e->o->rate > 0)
-        for (; due(th, th->next_k) < e->end; th->next_k++)
+    if (e->o->rate > 0) {
+        uint64_t stop = now < e->end ? now : e->end; /* interrupted: only what was due until then */
+        for (; due(th, th->next_k) < stop; th->next_k++)
             th->unsent++;
+    }
     for (size_t i = 0; i < th->nconns; i++)
         close_conn(&th->conns[i]);
     return NULL;

@@ -20,7 +20,7 @@ static void on_signal(int sig)
 
 static int fail(const char *what, const char *err)
 {
-    fprintf(stderr, "mxkeys-bench: %s%s%s\n", what, err[0] ? ": " : "", err);
+    fprintf(stderr, "mxkeys-bench: %s%s%s\n", what, what[0] && err[0] ? ": " : "", err);
     return 2;
 }
 
@@ -124,6 +124,10 @@ int main(int argc, char **argv)
     }
     if (o.weights[SC_CHANGES] > 0 && (pop.changes_from == NULL || pop.changes_to == NULL)) {
         fail("the changes scenario needs stream tokens, and the state has none", "");
+        goto done;
+    }
+    if (o.weights[SC_CROSS_SIGN] > 0 && bench_setup_xsign(&ctx, err, sizeof(err)) != 0) {
+        fail("", err);
         goto done;
     }
     if (o.weights[SC_UPLOAD] > 0 && bench_setup_upload(&ctx, progress, err, sizeof(err)) != 0) {

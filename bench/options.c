@@ -6,7 +6,8 @@
 #include <sys/sysinfo.h>
 #include <unistd.h>
 
-static const char *const names[SC_COUNT] = {"upload", "query", "claim", "changes", "backup-put", "backup-get"};
+static const char *const names[SC_COUNT] = {"upload",     "query",      "claim",     "changes",
+                                            "backup-put", "backup-get", "cross-sign"};
 
 const char *bench_scenario_name(bench_scenario_t sc)
 {
@@ -35,7 +36,7 @@ static const char usage[] =
     "  --user-prefix P        local part prefix of minted user ids (default: random per run)\n"
     "\n"
     "load\n"
-    "  --scenario S           upload|query|claim|changes|backup-put|backup-get, or\n"
+    "  --scenario S           upload|query|claim|changes|backup-put|backup-get|cross-sign, or\n"
     "                         mix:upload=1,query=4,claim=2,... (weights)\n"
     "  --concurrency N        closed loop: N requests in flight (default 16)\n"
     "  --rate R               open loop: R requests/s, latency from the scheduled send time\n"
@@ -396,6 +397,7 @@ int bench_options_parse(bench_options_t *o, int argc, char **argv, char *err, si
         for (int i = 0; i < SC_COUNT; i++)
             o->weights[i] = 1;
         snprintf(o->scenario_text, sizeof(o->scenario_text), "setup");
+        o->implicit_mix = true;
     }
     if (o->weights[SC_UPLOAD] > 0 && o->upload_otks > o->otk_cap) {
         snprintf(err, errlen, "--upload-otks %u exceeds --otk-cap %u", o->upload_otks, o->otk_cap);

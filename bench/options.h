@@ -13,6 +13,7 @@ typedef enum en_bench_scenario_t {
     SC_CHANGES,
     SC_BACKUP_PUT,
     SC_BACKUP_GET,
+    SC_CROSS_SIGN,
     SC_COUNT,
 } bench_scenario_t;
 
@@ -42,6 +43,7 @@ typedef struct st_bench_options_t {
 
     const char *json_out, *csv_out, *plot_prefix, *pgbench_out;
     bool check, setup_only, progress;
+    bool implicit_mix; /* --setup-only without --scenario: prepare what can be prepared, skip what the server refuses */
     uint64_t seed;
 } bench_options_t;
 

@@ -244,6 +244,96 @@ int bench_olm_fallback_key(bench_olm_device_t *d, const char *id_prefix, json_t 
     return ok;
 }
 
+int bench_pk_seed(char seed_b64[64], char *err)
+{
+    uint8_t seed[32];
+    if (olm_pk_signing_seed_length() != sizeof(seed)) {
+        snprintf(err, 256, "unexpected libolm signing seed length");
+        return -1;
+    }
+    randombytes_buf(seed, sizeof(seed));
+    sodium_bin2base64(seed_b64, 64, seed, sizeof(seed), sodium_base64_VARIANT_ORIGINAL_NO_PADDING);
+    sodium_memzero(seed, sizeof(seed));
+    return 0;
+}
+
+/* An OlmPkSigning for the seed, with its public key in `pub`; NULL on failure. */
+static OlmPkSigning *pk_signing(const char *seed_b64, char pub[64], char *err)
+{
+    uint8_t seed[32];
+    size_t len;
+    if (sodium_base642bin(seed, sizeof(seed), seed_b64, strlen(seed_b64), NULL, &len, NULL,
+                          sodium_base64_VARIANT_ORIGINAL_NO_PADDING) != 0 ||
+        len != sizeof(seed)) {
+        snprintf(err, 256, "bad cross-signing seed");
+        return NULL;
+    }
+    OlmPkSigning *s = olm_pk_signing(malloc(olm_pk_signing_size()));
+    size_t pl = olm_pk_signing_public_key_length();
+    if (pl >= 64 || olm_pk_signing_key_from_seed(s, pub, pl, seed, sizeof(seed)) == olm_error()) {
+        snprintf(err, 256, "olm_pk_signing_key_from_seed: %s", olm_pk_signing_last_error(s));
+        olm_clear_pk_signing(s);
+        free(s);
+        s = NULL;
+    } else {
+        pub[pl] = '\0';
+    }
+    sodium_memzero(seed, sizeof(seed));
+    return s;
+}
+
+json_t *bench_pk_key_object(const char *seed_b64, const char *user_id, const char *usage, char *err)
+{
+    char pub[64], id[80];
+    OlmPkSigning *s = pk_signing(seed_b64, pub, err);
+    if (s == NULL)
+        return NULL;
+    olm_clear_pk_signing(s);
+    free(s);
+    snprintf(id, sizeof(id), "ed25519:%s", pub);
+    return json_pack("{s:s, s:[s], s:{s:s}}", "user_id", user_id, "usage", usage, "keys", id, pub);
+}
+
+int bench_pk_sign(const char *seed_b64, const char *user_id, json_t *obj, char *pub_out, char *err)
+{
+    static const char *const skip[] = {"signatures", "unsigned", NULL};
+    char pub[64];
+    OlmPkSigning *s = pk_signing(seed_b64, pub, err);
+    if (s == NULL)
+        return -1;
+    mx_buf_t canon = MX_BUF_INIT;
+    const char *why;
+    int rc = -1;
+    char sig[128], id[80];
+    size_t sl = olm_pk_signature_length();
+    if (mx_canonical_json_except(obj, skip, &canon, &why) != 0) {
+        snprintf(err, 256, "canonical JSON: %s", why);
+        goto done;
+    }
+    if (sl >= sizeof(sig) ||
+        olm_pk_sign(s, (const uint8_t *)canon.data, canon.len, (uint8_t *)sig, sl) == olm_error()) {
+        snprintf(err, 256, "olm_pk_sign: %s", olm_pk_signing_last_error(s));
+        goto done;
+    }
+    sig[sl] = '\0';
+    json_t *sigs = json_object_get(obj, "signatures");
+    if (sigs == NULL)
+        json_object_set_new(obj, "signatures", sigs = json_object());
+    json_t *mine = json_object_get(sigs, user_id);
+    if (mine == NULL)
+        json_object_set_new(sigs, user_id, mine = json_object());
+    snprintf(id, sizeof(id), "ed25519:%s", pub);
+    json_object_set_new(mine, id, json_string(sig));
+    if (pub_out != NULL)
+        memcpy(pub_out, pub, sizeof(pub));
+    rc = 0;
+done:
+    mx_buf_free(&canon);
+    olm_clear_pk_signing(s);
+    free(s);
+    return rc;
+}
+
 int bench_backup_keypair(char pub[64], char *err)
 {
     OlmPkDecryption *dec = olm_pk_decryption(malloc(olm_pk_decryption_size()));

@@ -32,6 +32,18 @@ int bench_olm_one_time_keys(bench_olm_device_t *d, size_t n, const char *id_pref
 int bench_olm_fallback_key(bench_olm_device_t *d, const char *id_prefix, json_t *into, char *err)
     __attribute__((warn_unused_result));
 
+/** A fresh cross-signing seed (unpadded base64, for the state file). 0 or -1. */
+int bench_pk_seed(char seed_b64[64], char *err) __attribute__((warn_unused_result));
+/**
+ * Signs `obj` in place with the ed25519 key grown from `seed_b64` (libolm's OlmPkSigning, as clients hold their
+ * cross-signing keys), as `user_id`'s "ed25519:<public key>". When `pub` is given the public key is written there
+ * (64 bytes). 0 or -1.
+ */
+int bench_pk_sign(const char *seed_b64, const char *user_id, json_t *obj, char *pub, char *err)
+    __attribute__((warn_unused_result));
+/** The cross-signing key object {user_id, usage: [usage], keys: {ed25519:P: P}} of `seed_b64`; NULL on failure. */
+json_t *bench_pk_key_object(const char *seed_b64, const char *user_id, const char *usage, char *err);
+
 /** A fresh backup key pair: writes the public key (unpadded base64, 44 bytes with NUL) into `pub`. 0 or -1. */
 int bench_backup_keypair(char pub[64], char *err) __attribute__((warn_unused_result));
 /**

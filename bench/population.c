@@ -160,13 +160,20 @@ int bench_population_save(const bench_population_t *p, const char *path, char *e
         json_t *devs = json_array();
         for (size_t d = 0; d < user->ndevices; d++) {
             const bench_device_t *dev = &p->devices[user->first_device + d];
-            json_array_append_new(devs, json_pack("{s:s, s:s?, s:o, s:o}", "device_id", dev->device_id, "access_token",
-                                                  dev->token, "ed25519", opt_string(dev->ed25519), "curve25519",
-                                                  opt_string(dev->curve25519)));
+            json_t *jd = json_pack("{s:s, s:s?, s:o, s:o}", "device_id", dev->device_id, "access_token", dev->token,
+                                   "ed25519", opt_string(dev->ed25519), "curve25519", opt_string(dev->curve25519));
+            if (dev->keys_json != NULL)
+                json_object_set_new(jd, "device_keys", json_string(dev->keys_json));
+            json_array_append_new(devs, jd);
         }
-        json_array_append_new(users, json_pack("{s:s, s:o, s:o, s:o}", "user_id", user->user_id, "backup_version",
-                                               opt_string(user->backup_version), "backup_public_key",
-                                               opt_string(user->backup_pub), "devices", devs));
+        json_t *ju = json_pack("{s:s, s:o, s:o, s:o}", "user_id", user->user_id, "backup_version",
+                               opt_string(user->backup_version), "backup_public_key", opt_string(user->backup_pub),
+                               "devices", devs);
+        if (user->master_json != NULL)
+            json_object_set_new(ju, "cross_signing",
+                                json_pack("{s:s, s:s, s:s}", "master_key", user->master_json, "self_signing_seed",
+                                          user->ssk_seed, "user_signing_seed", user->usk_seed));
+        json_array_append_new(users, ju);
     }
     json_t *root =
         json_pack("{s:o, s:o, s:o, s:o, s:i, s:o}", "prefix", opt_string(p->prefix), "server", opt_string(p->server),
@@ -227,6 +234,16 @@ int bench_population_load(bench_population_t *p, const char *path, char *err, si
         user->user_id = dup_member(ju, "user_id");
         user->backup_version = dup_member(ju, "backup_version");
         user->backup_pub = dup_member(ju, "backup_public_key");
+        json_t *xs = json_object_get(ju, "cross_signing");
+        user->master_json = dup_member(xs, "master_key");
+        user->ssk_seed = dup_member(xs, "self_signing_seed");
+        user->usk_seed = dup_member(xs, "user_signing_seed");
+        if (user->master_json != NULL && (user->ssk_seed == NULL || user->usk_seed == NULL)) {
+            snprintf(err, errlen, "%s: %s has incomplete cross-signing keys", path, user->user_id);
+            json_decref(root);
+            bench_population_free(p);
+            return -1;
+        }
         user->first_device = p->ndevices;
         size_t d;
         json_t *jd;
@@ -238,6 +255,7 @@ int bench_population_load(bench_population_t *p, const char *path, char *err, si
             dev->token = dup_member(jd, "access_token");
             dev->ed25519 = dup_member(jd, "ed25519");
             dev->curve25519 = dup_member(jd, "curve25519");
+            dev->keys_json = dup_member(jd, "device_keys");
             user->ndevices++;
         }
         if (user->user_id == NULL || user->ndevices == 0) {
@@ -266,6 +284,7 @@ static void free_device(bench_device_t *d)
     free(d->token);
     free(d->ed25519);
     free(d->curve25519);
+    free(d->keys_json);
 }
 
 void bench_population_free(bench_population_t *p)
@@ -279,6 +298,9 @@ void bench_population_free(bench_population_t *p)
         free(user->user_id);
         free(user->backup_version);
         free(user->backup_pub);
+        free(user->master_json);
+        free(user->ssk_seed);
+        free(user->usk_seed);
         for (size_t b = 0; b < user->nblobs; b++)
             free(user->blobs[b]);
         free(user->blobs);

@@ -9,6 +9,7 @@
 typedef struct st_bench_device_t {
     char *user_id, *device_id, *token;
     char *ed25519, *curve25519; /* identity keys uploaded in set-up (NULL until then) */
+    char *keys_json;            /* the signed device-keys object as uploaded */
 } bench_device_t;
 
 typedef struct st_bench_user_t {
@@ -17,6 +18,8 @@ typedef struct st_bench_user_t {
     char *backup_version;          /* NULL when the user has no backup */
     char *backup_pub;              /* the backup's curve25519 public key */
     char **blobs;                  /* encrypted session_data objects (JSON text) for backup-put */
+    char *master_json;             /* the master key object as uploaded (NULL: no cross-signing keys) */
+    char *ssk_seed, *usk_seed;     /* self-signing and user-signing seeds (throwaway bench identities) */
     size_t nblobs;
 } bench_user_t;
 

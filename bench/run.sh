@@ -24,7 +24,7 @@ CONCURRENCY=16
 USERS=50
 DEVICES=5
 OTKS=150
-MIX=mix:upload=1,query=4,claim=2,changes=1,backup-put=1,backup-get=1
+MIX=mix:upload=1,query=4,claim=2,changes=1,backup-put=1,backup-get=1,cross-sign=1
 DATABASE_URL=
 OTHER_URL=
 OTHER_TOKENS=

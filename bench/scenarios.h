@@ -11,6 +11,8 @@
 #include "population.h"
 
 #define BENCH_NOTES 3 /* answer kinds counted per scenario (e.g. claim: one-time / fallback / nothing) */
+#define BENCH_NOTE_XSIGN_DEVICE 0
+#define BENCH_NOTE_XSIGN_USER 1
 
 typedef struct st_bench_ctx_t {
     const bench_options_t *opts;
@@ -26,6 +28,10 @@ typedef struct st_bench_ctx_t {
     _Atomic uint64_t *backup_window; /* per user */
     _Atomic int64_t next_index;      /* first_message_index, decreasing: every write beats what is stored */
     size_t claim_targets;
+    /* cross-sign: /keys/signatures/upload bodies made in set-up (signatures are deterministic, so each is reusable) */
+    char **xsign_bodies;
+    size_t *xsign_lens, *xsign_device, nxsign; /* xsign_device: the signer's device whose token sends it */
+    int *xsign_kind;                           /* a note: a self-signed own device, or another user's master key */
 } bench_ctx_t;
 
 /** Fills the parts of `ctx` the scenarios share (session ids, cursors). The caller sets opts/target/pop first. */

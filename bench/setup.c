@@ -216,6 +216,55 @@ static int make_blobs(bench_ctx_t *ctx, size_t u, char *err)
     return 0;
 }
 
+/* The user's cross-signing keys: master, and self-signing and user-signing keys signed by it, uploaded together
+ * (a first upload needs no interactive auth). A server that asks for it anyway (401) is fatal only when cross-sign
+ * was asked for; set-up alone then goes on without cross-signing. */
+static int create_cross_signing(bench_ctx_t *ctx, size_t u, bench_sync_t *http, char *err)
+{
+    bench_user_t *user = &ctx->pop->users[u];
+    char mseed[64], sseed[64], useed[64];
+    if (bench_pk_seed(mseed, err) != 0 || bench_pk_seed(sseed, err) != 0 || bench_pk_seed(useed, err) != 0)
+        return -1;
+    json_t *master = bench_pk_key_object(mseed, user->user_id, "master", err);
+    json_t *ssk = bench_pk_key_object(sseed, user->user_id, "self_signing", err);
+    json_t *usk = bench_pk_key_object(useed, user->user_id, "user_signing", err);
+    json_t *body = NULL;
+    int rc = -1;
+    if (master == NULL || ssk == NULL || usk == NULL || bench_pk_sign(mseed, user->user_id, ssk, NULL, err) != 0 ||
+        bench_pk_sign(mseed, user->user_id, usk, NULL, err) != 0)
+        goto done;
+    body = json_pack("{s:O, s:O, s:O}", "master_key", master, "self_signing_key", ssk, "user_signing_key", usk);
+    char *text = json_dumps(body, JSON_COMPACT);
+    int sent = text != NULL ? bench_sync_call(http, "POST", CLIENT "/keys/device_signing/upload",
+                                              ctx->pop->devices[user->first_device].token, text, strlen(text), err)
+                            : -1;
+    free(text);
+    if (sent != 0)
+        goto done;
+    if (http->resp.status != 200) {
+        snprintf(err, ERRLEN, "POST /keys/device_signing/upload for %s answered %d: %.200s", user->user_id,
+                 http->resp.status, http->resp.body.data ? http->resp.body.data : "");
+        if (ctx->opts->implicit_mix) {
+            static _Atomic int warned;
+            if (!atomic_exchange(&warned, 1))
+                fprintf(stderr, "mxkeys-bench: set-up goes on without cross-signing keys: %s\n", err);
+            rc = 0;
+        }
+        goto done;
+    }
+    user->master_json = json_dumps(master, JSON_COMPACT);
+    user->ssk_seed = bench_strdup(sseed);
+    user->usk_seed = bench_strdup(useed);
+    rc = 0;
+done:
+    sodium_memzero(mseed, sizeof(mseed));
+    json_decref(master);
+    json_decref(ssk);
+    json_decref(usk);
+    json_decref(body);
+    return rc;
+}
+
 /* The user's backup: a version whose auth_data the device signs, then B sessions written --sessions at a time. */
 static int create_backup(bench_ctx_t *ctx, size_t u, bench_olm_device_t *olm, bench_sync_t *http, char *err)
 {
@@ -295,7 +344,10 @@ static int job_device(bench_ctx_t *ctx, size_t i, bench_sync_t *http, char *err)
         goto done;
     d->ed25519 = bench_strdup(bench_olm_device_ed25519(olm));
     d->curve25519 = bench_strdup(bench_olm_device_curve25519(olm));
+    d->keys_json = json_dumps(keys, JSON_COMPACT);
     size_t u;
+    if (o->weights[SC_CROSS_SIGN] > 0 && is_first_device(ctx, i, &u) && create_cross_signing(ctx, u, http, err) != 0)
+        goto done;
     if (bench_options_wants_backup(o) && is_first_device(ctx, i, &u) && create_backup(ctx, u, olm, http, err) != 0)
         goto done;
     rc = 0;
@@ -457,6 +509,101 @@ int bench_setup_upload(bench_ctx_t *ctx, bool progress, char *err, size_t errlen
     ctx->nupload_bodies = w;
     if (w == 0) {
         snprintf(err, errlen, "no upload body could be made: every upload device is at the one-time key cap");
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- cross-signing bodies ------------------------------------------------------------------------------------ */
+
+/* Appends one body {target user: {key id: object signed with seed}} and who sends it. */
+static int add_xsign(bench_ctx_t *ctx, size_t signer, const char *seed, const char *target_user, const char *key_id,
+                     const char *object, int kind, char *err, size_t errlen)
+{
+    const bench_user_t *user = &ctx->pop->users[signer];
+    char why[256];
+    json_t *obj = json_loads(object, 0, NULL);
+    if (obj == NULL || bench_pk_sign(seed, user->user_id, obj, NULL, why) != 0) {
+        snprintf(err, errlen, "cross-sign body for %s: %s", user->user_id, obj == NULL ? "bad stored object" : why);
+        json_decref(obj);
+        return -1;
+    }
+    json_t *body = json_pack("{s:{s:o}}", target_user, key_id, obj);
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (text == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    size_t n = ctx->nxsign++;
+    ctx->xsign_bodies[n] = text;
+    ctx->xsign_lens[n] = strlen(text);
+    ctx->xsign_device[n] = user->first_device;
+    ctx->xsign_kind[n] = kind;
+    return 0;
+}
+
+static const char *master_public_key(const char *master_json, char *out, size_t outlen)
+{
+    json_t *m = json_loads(master_json, 0, NULL);
+    const char *id;
+    json_t *v;
+    out[0] = '\0';
+    json_object_foreach(json_object_get(m, "keys"), id, v) snprintf(out, outlen, "%s", json_string_value(v));
+    json_decref(m);
+    return out[0] != '\0' ? out : NULL;
+}
+
+int bench_setup_xsign(bench_ctx_t *ctx, char *err, size_t errlen)
+{
+    bench_population_t *pop = ctx->pop;
+    size_t with = 0, max = 0;
+    for (size_t u = 0; u < pop->nusers; u++) {
+        if (pop->users[u].master_json != NULL) {
+            with++;
+            max += 2 * pop->users[u].ndevices;
+        }
+    }
+    if (with == 0) {
+        snprintf(err, errlen,
+                 "cross-sign needs users with cross-signing keys (set up with --scenario including "
+                 "cross-sign, or --setup-only)");
+        return -1;
+    }
+    ctx->xsign_bodies = calloc(max, sizeof(char *));
+    ctx->xsign_lens = calloc(max, sizeof(size_t));
+    ctx->xsign_device = calloc(max, sizeof(size_t));
+    ctx->xsign_kind = calloc(max, sizeof(int));
+    if (ctx->xsign_bodies == NULL || ctx->xsign_lens == NULL || ctx->xsign_device == NULL || ctx->xsign_kind == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    for (size_t u = 0; u < pop->nusers; u++) {
+        const bench_user_t *user = &pop->users[u];
+        if (user->master_json == NULL)
+            continue;
+        /* Its self-signing key on each of its own devices (a new login being verified)... */
+        for (size_t d = 0; d < user->ndevices; d++) {
+            const bench_device_t *dev = &pop->devices[user->first_device + d];
+            if (dev->keys_json != NULL && add_xsign(ctx, u, user->ssk_seed, user->user_id, dev->device_id,
+                                                    dev->keys_json, BENCH_NOTE_XSIGN_DEVICE, err, errlen) != 0)
+                return -1;
+        }
+        /* ...and its user-signing key on as many other users' master keys (verifying other people). */
+        size_t peers = 0;
+        for (size_t k = 1; k < pop->nusers && peers < user->ndevices; k++) {
+            const bench_user_t *other = &pop->users[(u + k) % pop->nusers];
+            char pub[64];
+            if (other->master_json == NULL || master_public_key(other->master_json, pub, sizeof(pub)) == NULL)
+                continue;
+            if (add_xsign(ctx, u, user->usk_seed, other->user_id, pub, other->master_json, BENCH_NOTE_XSIGN_USER, err,
+                          errlen) != 0)
+                return -1;
+            peers++;
+        }
+    }
+    if (ctx->nxsign == 0) {
+        snprintf(err, errlen, "no cross-sign body could be made (the state has no device keys)");
         return -1;
     }
     return 0;

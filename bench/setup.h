@@ -14,6 +14,9 @@ int bench_setup_population(bench_ctx_t *ctx, bool progress, char *err, size_t er
 int bench_setup_blobs(bench_ctx_t *ctx, bool progress, char *err, size_t errlen) __attribute__((warn_unused_result));
 /** Prepares the upload devices (minted per run, or the tokens file's last entries) and the upload bodies. */
 int bench_setup_upload(bench_ctx_t *ctx, bool progress, char *err, size_t errlen) __attribute__((warn_unused_result));
+/** Makes the cross-sign bodies: every user's self-signing key on each own device, and its user-signing key on a few
+ * other users' master keys. */
+int bench_setup_xsign(bench_ctx_t *ctx, char *err, size_t errlen) __attribute__((warn_unused_result));
 /** Writes DIR/vars for the scripts in bench/pgbench: one name=value per line, for pgbench -D. */
 int bench_setup_pgbench_vars(const bench_ctx_t *ctx, const char *dir, char *err, size_t errlen)
     __attribute__((warn_unused_result));

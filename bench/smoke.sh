@@ -56,7 +56,7 @@ done
 status=0
 "$BENCH" --url "http://127.0.0.1:$PORT" \
     --mint-command "'$MXKEYSD' token create --user {user} --device {device} --database-url '$DB' 2>/dev/null" \
-    --scenario mix:upload=1,query=3,claim=2,changes=1,backup-put=1,backup-get=1 \
+    --scenario mix:upload=1,query=3,claim=2,changes=1,backup-put=1,backup-get=1,cross-sign=1 \
     --duration 10 --warmup 1 --concurrency 4 --threads 2 --setup-threads 4 \
     --users 8 --devices 2 --otks 20 --upload-pool 10 --sessions 20 --backup-sessions 100 --blob-pool 2 \
     --no-progress --check --json "$TMP/smoke.json" || status=$?
