@@ -41,8 +41,8 @@ static int parse_url(const char *url, char *host, size_t hostlen, char *port, si
 {
     if (strncmp(url, "https://", 8) == 0) {
         snprintf(err, errlen,
-                 "--homeserver-url %s: https is not supported; use the homeserver's plain-HTTP listener or a local "
-                 "TLS-terminating proxy",
+                 "--homeserver-url %s: https is not supported; give an http:// URL: the homeserver's plain-HTTP "
+                 "listener or a local TLS-terminating proxy",
                  url);
         return -1;
     }

@@ -289,8 +289,8 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
     case KIND_URL: {
         if (strncmp(v, "https://", 8) == 0)
             return fail(err, errlen,
-                        "%s: https is not supported (\"%s\"); use the homeserver's plain-HTTP listener or a local "
-                        "TLS-terminating proxy",
+                        "%s: https is not supported (\"%s\"); give an http:// URL: the homeserver's plain-HTTP "
+                        "listener or a local TLS-terminating proxy",
                         source, v);
         if (check_homeserver_url(v) != 0)
             return fail(err, errlen, "%s: expected http://host[:port][/prefix], got \"%s\"", source, v);
