@@ -54,6 +54,12 @@ def test_query_shape_locality_and_unsigned(any_server, login, new_user):
     del expected["unsigned"]
     assert {k: v for k, v in a.items() if k != "unsigned"} == expected
     assert body["device_keys"][bob.user_id][bob.device_id]["unsigned"] == {}
+    # the server writes the answer's JSON text itself: names and values that need escaping come back intact
+    odd = 'Say "hi" \\ tab\there\nline\u0001 \u00e9\U0001F600'
+    carol, cc = upload_device(any_server, login, display_name=odd, device_id='D"\\Q')
+    r = cc.post("/keys/query", json={"device_keys": {carol.user_id: []}})
+    assert r.status_code == 200, r.text
+    assert r.json()["device_keys"][carol.user_id][carol.device_id]["unsigned"] == {"device_display_name": odd}
     # an empty list: every device of the user
     r = ca.post("/keys/query", json={"device_keys": {bob.user_id: []}})
     assert set(r.json()["device_keys"][bob.user_id]) == {bob.device_id, bob2.device_id}
