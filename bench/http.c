@@ -223,14 +223,15 @@ int bench_resp_feed(bench_resp_t *r, const char *data, size_t len, size_t *used,
                 return -1;
             break;
         }
-        case RESP_BODY_LENGTH: {
+        case RESP_BODY_LENGTH:
+        case RESP_CHUNK_DATA: { /* a counted run of body bytes: the whole body, or one chunk */
             size_t n = len < r->remaining ? len : r->remaining;
             take_body(r, data, n);
             data += n;
             len -= n;
             r->remaining -= n;
             if (r->remaining == 0)
-                r->state = RESP_DONE;
+                r->state = r->state == RESP_BODY_LENGTH ? RESP_DONE : RESP_CHUNK_CRLF;
             break;
         }
         case RESP_BODY_CLOSE:
@@ -255,16 +256,6 @@ int bench_resp_feed(bench_resp_t *r, const char *data, size_t len, size_t *used,
             mx_buf_reset(&r->head);
             r->remaining = (size_t)n;
             r->state = n == 0 ? RESP_TRAILERS : RESP_CHUNK_DATA;
-            break;
-        }
-        case RESP_CHUNK_DATA: {
-            size_t n = len < r->remaining ? len : r->remaining;
-            take_body(r, data, n);
-            data += n;
-            len -= n;
-            r->remaining -= n;
-            if (r->remaining == 0)
-                r->state = RESP_CHUNK_CRLF;
             break;
         }
         case RESP_CHUNK_CRLF: {

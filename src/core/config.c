@@ -2,10 +2,10 @@
  * three can never disagree. Values are checked here, at start-up, so a bad one stops mxkeysd with a one-line reason
  * instead of surfacing later as an odd failure. */
 #include "mxkeys/config.h"
+#include "mxkeys/reason.h"
 #include <ctype.h>
 #include <errno.h>
 #include <limits.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -70,15 +70,6 @@ static const setting_t settings[] = {
 };
 
 #define NSETTINGS (sizeof(settings) / sizeof(settings[0]))
-
-static __attribute__((format(printf, 3, 4))) int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 void mx_config_defaults(mx_config_t *cfg)
 {
@@ -251,31 +242,31 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
     switch (s->kind) {
     case KIND_LISTEN:
         if (parse_listen(cfg, v) != 0)
-            return fail(err, errlen, "%s: expected host:port or [v6]:port with a port in 1-65535, got \"%s\"", source,
-                        v);
+            return mx_fail(err, errlen, "%s: expected host:port or [v6]:port with a port in 1-65535, got \"%s\"",
+                           source, v);
         return 0;
     case KIND_SERVER_NAME:
         if (check_server_name(v) != 0)
-            return fail(err, errlen, "%s: expected a server name (host, IPv4 or [IPv6], optional :port), got \"%s\"",
-                        source, v);
-        return set_string(field, v) == 0 ? 0 : fail(err, errlen, "%s: out of memory", source);
+            return mx_fail(err, errlen, "%s: expected a server name (host, IPv4 or [IPv6], optional :port), got \"%s\"",
+                           source, v);
+        return set_string(field, v) == 0 ? 0 : mx_fail(err, errlen, "%s: out of memory", source);
     case KIND_STRING:
         if (*v == '\0')
-            return fail(err, errlen, "%s: expected a non-empty value", source);
-        return set_string(field, v) == 0 ? 0 : fail(err, errlen, "%s: out of memory", source);
+            return mx_fail(err, errlen, "%s: expected a non-empty value", source);
+        return set_string(field, v) == 0 ? 0 : mx_fail(err, errlen, "%s: out of memory", source);
     case KIND_POSITIVE:
         if (parse_unsigned(v, UINT_MAX, &n) != 0 || n == 0)
-            return fail(err, errlen, "%s: expected a positive integer, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected a positive integer, got \"%s\"", source, v);
         *(unsigned *)field = (unsigned)n;
         return 0;
     case KIND_NONNEGATIVE:
         if (parse_unsigned(v, UINT_MAX, &n) != 0)
-            return fail(err, errlen, "%s: expected a non-negative integer, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected a non-negative integer, got \"%s\"", source, v);
         *(unsigned *)field = (unsigned)n;
         return 0;
     case KIND_SIZE:
         if (parse_unsigned(v, SIZE_MAX, &n) != 0 || n == 0)
-            return fail(err, errlen, "%s: expected a positive integer (bytes), got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected a positive integer (bytes), got \"%s\"", source, v);
         *(size_t *)field = (size_t)n;
         return 0;
     case KIND_AUTH:
@@ -284,18 +275,18 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
         else if (strcmp(v, "homeserver") == 0)
             cfg->auth_mode = MX_AUTH_HOMESERVER;
         else
-            return fail(err, errlen, "%s: expected local or homeserver, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected local or homeserver, got \"%s\"", source, v);
         return 0;
     case KIND_URL: {
         if (strncmp(v, "https://", 8) == 0)
-            return fail(err, errlen,
-                        "%s: https is not supported (\"%s\"); give an http:// URL: the homeserver's plain-HTTP "
-                        "listener or a local TLS-terminating proxy",
-                        source, v);
+            return mx_fail(err, errlen,
+                           "%s: https is not supported (\"%s\"); give an http:// URL: the homeserver's plain-HTTP "
+                           "listener or a local TLS-terminating proxy",
+                           source, v);
         if (check_homeserver_url(v) != 0)
-            return fail(err, errlen, "%s: expected http://host[:port][/prefix], got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected http://host[:port][/prefix], got \"%s\"", source, v);
         if (set_string(field, v) != 0)
-            return fail(err, errlen, "%s: out of memory", source);
+            return mx_fail(err, errlen, "%s: out of memory", source);
         /* Paths are appended to it: "http://hs/" and "http://hs" must mean the same. */
         char *url = *(char **)field;
         size_t len = strlen(url);
@@ -305,7 +296,7 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
     }
     case KIND_LOG_LEVEL:
         if (mx_log_parse_level(v, &cfg->log_level) != 0)
-            return fail(err, errlen, "%s: expected debug, info, warn or error, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected debug, info, warn or error, got \"%s\"", source, v);
         return 0;
     case KIND_VALIDATION:
         if (strcmp(v, "strict") == 0)
@@ -313,7 +304,7 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
         else if (strcmp(v, "lenient") == 0)
             cfg->validation = MX_VALIDATION_LENIENT;
         else
-            return fail(err, errlen, "%s: expected strict or lenient, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected strict or lenient, got \"%s\"", source, v);
         return 0;
     case KIND_XSIGN:
         if (strcmp(v, "uia") == 0)
@@ -321,10 +312,10 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
         else if (strcmp(v, "allow") == 0)
             cfg->xsign_replacement = MX_XSIGN_REPLACEMENT_ALLOW;
         else
-            return fail(err, errlen, "%s: expected uia or allow, got \"%s\"", source, v);
+            return mx_fail(err, errlen, "%s: expected uia or allow, got \"%s\"", source, v);
         return 0;
     }
-    return fail(err, errlen, "%s: unhandled setting", source);
+    return mx_fail(err, errlen, "%s: unhandled setting", source);
 }
 
 static void env_name(const setting_t *s, char *out, size_t outlen)
@@ -397,7 +388,7 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
         const char *arg = argv[i];
         if (only_positional || arg[0] != '-' || arg[1] == '\0') {
             if (npositional == 2)
-                return fail(err, errlen, "unexpected argument \"%s\"", arg);
+                return mx_fail(err, errlen, "unexpected argument \"%s\"", arg);
             positional[npositional++] = arg;
             continue;
         }
@@ -414,26 +405,26 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
             return 0;
         }
         if (arg[1] != '-')
-            return fail(err, errlen, "unknown flag %s (see mxkeysd --help)", arg);
+            return mx_fail(err, errlen, "unknown flag %s (see mxkeysd --help)", arg);
         const char *name = arg + 2, *eq = strchr(name, '='), *value;
         size_t namelen = eq != NULL ? (size_t)(eq - name) : strlen(name);
         int is_token_flag = (cli->command == MX_CMD_TOKEN_CREATE) && ((namelen == 4 && memcmp(name, "user", 4) == 0) ||
                                                                       (namelen == 6 && memcmp(name, "device", 6) == 0));
         const setting_t *s = is_token_flag ? NULL : find_setting(name, namelen);
         if (s == NULL && !is_token_flag)
-            return fail(err, errlen, "unknown flag --%.*s (see mxkeysd --help)", (int)namelen, name);
+            return mx_fail(err, errlen, "unknown flag --%.*s (see mxkeysd --help)", (int)namelen, name);
         if (eq != NULL) {
             value = eq + 1;
         } else if (i + 1 < argc) {
             value = argv[++i];
         } else {
-            return fail(err, errlen, "--%.*s: expected a value", (int)namelen, name);
+            return mx_fail(err, errlen, "--%.*s: expected a value", (int)namelen, name);
         }
         char source[64];
         snprintf(source, sizeof(source), "--%.*s", (int)namelen, name);
         if (is_token_flag) {
             if (*value == '\0')
-                return fail(err, errlen, "%s: expected a non-empty value", source);
+                return mx_fail(err, errlen, "%s: expected a non-empty value", source);
             if (name[0] == 'u')
                 cli->token_user = value;
             else
@@ -449,32 +440,33 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
         if (cli->token_user == NULL)
             cli->token_user = positional[0];
         else if (positional[0] != NULL)
-            return fail(err, errlen, "token create: user given twice (--user and \"%s\")", positional[0]);
+            return mx_fail(err, errlen, "token create: user given twice (--user and \"%s\")", positional[0]);
         if (cli->token_device == NULL)
             cli->token_device = positional[1];
         else if (positional[1] != NULL)
-            return fail(err, errlen, "token create: device given twice (--device and \"%s\")", positional[1]);
+            return mx_fail(err, errlen, "token create: device given twice (--device and \"%s\")", positional[1]);
         if (cli->token_user == NULL)
-            return fail(err, errlen, "token create: --user is required");
+            return mx_fail(err, errlen, "token create: --user is required");
         if (cli->token_device == NULL)
-            return fail(err, errlen, "token create: --device is required");
+            return mx_fail(err, errlen, "token create: --device is required");
         if (check_user_id(cli->token_user) != 0)
-            return fail(err, errlen, "--user: expected a Matrix user id like @alice:example.org, got \"%s\"",
-                        cli->token_user);
+            return mx_fail(err, errlen, "--user: expected a Matrix user id like @alice:example.org, got \"%s\"",
+                           cli->token_user);
         if (check_device_id(cli->token_device) != 0)
-            return fail(err, errlen, "--device: expected 1-255 printable ASCII characters without spaces, got \"%s\"",
-                        cli->token_device);
+            return mx_fail(err, errlen,
+                           "--device: expected 1-255 printable ASCII characters without spaces, got \"%s\"",
+                           cli->token_device);
         break;
     case MX_CMD_TOKEN_REVOKE:
         if (positional[0] == NULL)
-            return fail(err, errlen, "token revoke: expected the token to revoke");
+            return mx_fail(err, errlen, "token revoke: expected the token to revoke");
         if (positional[1] != NULL)
-            return fail(err, errlen, "unexpected argument \"%s\"", positional[1]);
+            return mx_fail(err, errlen, "unexpected argument \"%s\"", positional[1]);
         cli->token_value = positional[0];
         break;
     default:
         if (positional[0] != NULL)
-            return fail(err, errlen, "unexpected argument \"%s\"", positional[0]);
+            return mx_fail(err, errlen, "unexpected argument \"%s\"", positional[0]);
         break;
     }
     return 0;
@@ -514,12 +506,12 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
                 return 0;
             } else {
                 mx_config_free(&cli->config);
-                return fail(err, errlen, "token: expected create or revoke, got \"%s\"", sub);
+                return mx_fail(err, errlen, "token: expected create or revoke, got \"%s\"", sub);
             }
         } else {
             mx_config_free(&cli->config);
-            return fail(err, errlen, "unknown command \"%s\" (expected serve, migrate, token create, token revoke)",
-                        cmd);
+            return mx_fail(err, errlen, "unknown command \"%s\" (expected serve, migrate, token create, token revoke)",
+                           cmd);
         }
     }
 
@@ -529,7 +521,7 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
     if (cli->command == MX_CMD_HELP || cli->command == MX_CMD_VERSION)
         return 0;
     if (cli->config.auth_mode == MX_AUTH_HOMESERVER && cli->config.homeserver_url == NULL) {
-        fail(err, errlen, "--auth homeserver requires --homeserver-url (or MXKEYS_HOMESERVER_URL)");
+        mx_fail(err, errlen, "--auth homeserver requires --homeserver-url (or MXKEYS_HOMESERVER_URL)");
         goto failed;
     }
     return 0;

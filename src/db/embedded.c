@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include "mxkeys/db_sync.h"
 #include "mxkeys/log.h"
+#include "mxkeys/reason.h"
 
 #define DB_NAME "mxkeys"
 #define DB_USER "mxkeys"
@@ -46,15 +47,6 @@ struct st_mx_embedded_pg_t {
     int ngroups;
     char user[64];
 };
-
-static __attribute__((format(printf, 3, 4))) int fail(char *err, size_t errlen, const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return -1;
-}
 
 static __attribute__((format(printf, 3, 4))) int path_fmt(char *dst, size_t dstlen, const char *fmt, ...)
 {
@@ -98,7 +90,8 @@ static int resolve_run_user(mx_embedded_pg_t *pg, char *err, size_t errlen)
     if (pw == NULL)
         pw = getpwnam("nobody");
     if (pw == NULL)
-        return fail(err, errlen, "running as root, and neither a postgres nor a nobody user exists to run the cluster");
+        return mx_fail(err, errlen,
+                       "running as root, and neither a postgres nor a nobody user exists to run the cluster");
     pg->drop = 1;
     pg->uid = pw->pw_uid;
     pg->gid = pw->pw_gid;
@@ -264,9 +257,9 @@ static int find_bindir(mx_embedded_pg_t *pg, char *err, size_t errlen)
     }
     if (best >= 0)
         return 0;
-    return fail(err, errlen,
-                "no PostgreSQL server binaries (initdb, pg_ctl) found via pg_config --bindir or in "
-                "/usr/lib/postgresql/*/bin; install PostgreSQL or pass --database-url");
+    return mx_fail(err, errlen,
+                   "no PostgreSQL server binaries (initdb, pg_ctl) found via pg_config --bindir or in "
+                   "/usr/lib/postgresql/*/bin; install PostgreSQL or pass --database-url");
 }
 
 /* ---- where the cluster lives ---------------------------------------------------------------------------------- */
@@ -312,13 +305,14 @@ static int make_private_dir(const mx_embedded_pg_t *pg, const char *dir, char *e
     struct stat st;
     if (mkdir(dir, 0700) == 0) {
         if (give_to_run_user(pg, dir) != 0)
-            return fail(err, errlen, "chown %s: %s", dir, strerror(errno));
+            return mx_fail(err, errlen, "chown %s: %s", dir, strerror(errno));
         return 0;
     }
     if (errno != EEXIST)
-        return fail(err, errlen, "mkdir %s: %s", dir, strerror(errno));
+        return mx_fail(err, errlen, "mkdir %s: %s", dir, strerror(errno));
     if (lstat(dir, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != want || (st.st_mode & 022) != 0)
-        return fail(err, errlen, "%s exists but is not a private directory of uid %u; remove it", dir, (unsigned)want);
+        return mx_fail(err, errlen, "%s exists but is not a private directory of uid %u; remove it", dir,
+                       (unsigned)want);
     return 0;
 }
 
@@ -326,7 +320,7 @@ static int choose_location(mx_embedded_pg_t *pg, const char *given, char *err, s
 {
     char file[PATH_MAX];
     if (path_fmt(file, sizeof(file), "%s/pg.location", pg->state_dir) != 0)
-        return fail(err, errlen, "state dir path too long");
+        return mx_fail(err, errlen, "state dir path too long");
     char base[PATH_MAX];
     struct stat st;
     if (read_location(pg, file) == 0 && stat(pg->datadir, &st) == 0) {
@@ -344,14 +338,14 @@ static int choose_location(mx_embedded_pg_t *pg, const char *given, char *err, s
         } else {
             /* Typically a root-owned checkout under /root (mode 700): the cluster's user cannot enter it. */
             if (path_fmt(base, sizeof(base), RELOCATED_ROOT "/%s", hex) != 0 || mkdir_p(base, 0755) != 0)
-                return fail(err, errlen, "cannot create %s: %s", base, strerror(errno));
+                return mx_fail(err, errlen, "cannot create %s: %s", base, strerror(errno));
             mx_info("embedded database: user %s cannot reach %s; the cluster's data and socket live in %s (recorded "
                     "in %s)",
                     pg->user, given, base, file);
         }
         if (path_fmt(pg->datadir, sizeof(pg->datadir), "%s/pg", base) != 0 ||
             path_fmt(pg->logfile, sizeof(pg->logfile), "%s/pg.log", base) != 0)
-            return fail(err, errlen, "state dir path too long");
+            return mx_fail(err, errlen, "state dir path too long");
         /* sun_path holds 108 bytes with the NUL: a deep state dir needs a short socket directory elsewhere. */
         if (path_fmt(pg->sockdir, sizeof(pg->sockdir), "%s/sock", base) != 0 ||
             strlen(pg->sockdir) + strlen(SOCKET_NAME) >= sizeof(((struct sockaddr_un *)0)->sun_path)) {
@@ -360,11 +354,11 @@ static int choose_location(mx_embedded_pg_t *pg, const char *given, char *err, s
         }
     }
     if (strlen(pg->sockdir) + strlen(SOCKET_NAME) >= sizeof(((struct sockaddr_un *)0)->sun_path))
-        return fail(err, errlen, "socket directory %s is too long for a unix socket", pg->sockdir);
+        return mx_fail(err, errlen, "socket directory %s is too long for a unix socket", pg->sockdir);
     if (make_private_dir(pg, pg->sockdir, err, errlen) != 0)
         return -1;
     if (write_location(pg, file) != 0)
-        return fail(err, errlen, "cannot write %s: %s", file, strerror(errno));
+        return mx_fail(err, errlen, "cannot write %s: %s", file, strerror(errno));
     return 0;
 }
 
@@ -387,15 +381,15 @@ static lock_result_t take_lock(mx_embedded_pg_t *pg, const char *given, mx_embed
 {
     char path[PATH_MAX];
     if (path_fmt(path, sizeof(path), "%s/mxkeysd.lock", pg->state_dir) != 0)
-        return fail(err, errlen, "state dir path too long");
+        return mx_fail(err, errlen, "state dir path too long");
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
     if (fd < 0)
-        return fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
+        return mx_fail(err, errlen, "cannot open %s: %s", path, strerror(errno));
     for (unsigned waited = 0;; waited += 100) {
         if (flock(fd, LOCK_EX | LOCK_NB) == 0)
             break;
         if (errno != EWOULDBLOCK && errno != EINTR) {
-            fail(err, errlen, "cannot lock %s: %s", path, strerror(errno));
+            mx_fail(err, errlen, "cannot lock %s: %s", path, strerror(errno));
             close(fd);
             return LOCK_FAILED;
         }
@@ -409,7 +403,7 @@ static lock_result_t take_lock(mx_embedded_pg_t *pg, const char *given, mx_embed
             return LOCK_HELD_BY_SERVER;
         }
         if (!transient || waited >= LOCK_WAIT_MS) {
-            fail(err, errlen, "state dir %s is in use by another mxkeysd (pid %ld)", given, pid);
+            mx_fail(err, errlen, "state dir %s is in use by another mxkeysd (pid %ld)", given, pid);
             close(fd);
             return LOCK_FAILED;
         }
@@ -418,7 +412,7 @@ static lock_result_t take_lock(mx_embedded_pg_t *pg, const char *given, mx_embed
     char buf[64];
     int n = snprintf(buf, sizeof(buf), "%ld %s\n", (long)getpid(), mode == MX_EMBEDDED_OWNER ? "owner" : "client");
     if (ftruncate(fd, 0) != 0 || pwrite(fd, buf, (size_t)n, 0) != n) {
-        fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
+        mx_fail(err, errlen, "cannot write %s: %s", path, strerror(errno));
         close(fd);
         return LOCK_FAILED;
     }
@@ -440,18 +434,18 @@ static int init_cluster(mx_embedded_pg_t *pg, char *err, size_t errlen)
     struct stat st;
     if (path_fmt(version, sizeof(version), "%s/PG_VERSION", pg->datadir) != 0 ||
         path_fmt(tmpdir, sizeof(tmpdir), "%s.initdb", pg->datadir) != 0)
-        return fail(err, errlen, "data dir path too long");
+        return mx_fail(err, errlen, "data dir path too long");
     if (stat(version, &st) == 0)
         return 0;
     if (stat(pg->datadir, &st) == 0)
-        return fail(err, errlen, "%s exists but holds no PostgreSQL cluster; move it away", pg->datadir);
+        return mx_fail(err, errlen, "%s exists but holds no PostgreSQL cluster; move it away", pg->datadir);
 
     /* initdb into a side directory and rename: an interrupted initdb never leaves a half cluster behind as "pg". */
     mx_info("embedded database: creating a new cluster in %s%s%s", pg->datadir, pg->drop ? " as user " : "",
             pg->drop ? pg->user : "");
     nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
     if (mkdir(tmpdir, 0700) != 0 || give_to_run_user(pg, tmpdir) != 0)
-        return fail(err, errlen, "cannot create %s: %s", tmpdir, strerror(errno));
+        return mx_fail(err, errlen, "cannot create %s: %s", tmpdir, strerror(errno));
     const char *argv[] = {"initdb",
                           "-D",
                           tmpdir,
@@ -468,17 +462,17 @@ static int init_cluster(mx_embedded_pg_t *pg, char *err, size_t errlen)
     if (rc != 0) {
         log_tail(pg, why, sizeof(why));
         nftw(tmpdir, remove_entry, 16, FTW_DEPTH | FTW_PHYS);
-        return fail(err, errlen, "initdb failed (status %d): %s", rc, why);
+        return mx_fail(err, errlen, "initdb failed (status %d): %s", rc, why);
     }
     /* Our settings live in a file rewritten at every start, so moving the socket needs no edit of postgresql.conf. */
     if (path_fmt(conf, sizeof(conf), "%s/postgresql.conf", tmpdir) != 0)
-        return fail(err, errlen, "data dir path too long");
+        return mx_fail(err, errlen, "data dir path too long");
     FILE *f = fopen(conf, "a");
     if (f == NULL)
-        return fail(err, errlen, "cannot open %s: %s", conf, strerror(errno));
+        return mx_fail(err, errlen, "cannot open %s: %s", conf, strerror(errno));
     fputs("\n# mxkeys: the embedded cluster's own settings, rewritten at every start\ninclude 'mxkeys.conf'\n", f);
     if (fclose(f) != 0 || rename(tmpdir, pg->datadir) != 0)
-        return fail(err, errlen, "cannot finish %s: %s", pg->datadir, strerror(errno));
+        return mx_fail(err, errlen, "cannot finish %s: %s", pg->datadir, strerror(errno));
     return 0;
 }
 
@@ -497,16 +491,16 @@ static int write_settings(const mx_embedded_pg_t *pg, char *err, size_t errlen)
 {
     char conf[PATH_MAX];
     if (path_fmt(conf, sizeof(conf), "%s/mxkeys.conf", pg->datadir) != 0)
-        return fail(err, errlen, "data dir path too long");
+        return mx_fail(err, errlen, "data dir path too long");
     FILE *f = fopen(conf, "w");
     if (f == NULL)
-        return fail(err, errlen, "cannot write %s: %s", conf, strerror(errno));
+        return mx_fail(err, errlen, "cannot write %s: %s", conf, strerror(errno));
     /* No TCP at all: the only way in is the socket in a directory only the cluster's user (and root) can enter. */
     fputs("listen_addresses = ''\nport = " PG_PORT "\nunix_socket_permissions = 0700\nunix_socket_directories = ", f);
     put_quoted(f, pg->sockdir);
     fputs("\nmax_connections = 200\n", f);
     if (fclose(f) != 0 || give_to_run_user(pg, conf) != 0)
-        return fail(err, errlen, "cannot write %s: %s", conf, strerror(errno));
+        return mx_fail(err, errlen, "cannot write %s: %s", conf, strerror(errno));
     return 0;
 }
 
@@ -545,7 +539,7 @@ static int ensure_database(const mx_embedded_pg_t *pg, unsigned wait_ms, char *e
     conninfo_for(pg, "postgres", conninfo, sizeof(conninfo));
     PGconn *conn = mx_db_connect_blocking(conninfo, wait_ms, why, sizeof(why));
     if (conn == NULL)
-        return fail(err, errlen, "cannot connect to the embedded cluster: %s", why);
+        return mx_fail(err, errlen, "cannot connect to the embedded cluster: %s", why);
     PGresult *res =
         mx_db_exec(conn, "SELECT 1 FROM pg_database WHERE datname = '" DB_NAME "'", 0, NULL, why, sizeof(why));
     int ok = res != NULL;
@@ -558,7 +552,7 @@ static int ensure_database(const mx_embedded_pg_t *pg, unsigned wait_ms, char *e
     }
     PQclear(res);
     PQfinish(conn);
-    return ok ? 0 : fail(err, errlen, "creating database %s: %s", DB_NAME, why);
+    return ok ? 0 : mx_fail(err, errlen, "creating database %s: %s", DB_NAME, why);
 }
 
 static int start_cluster(mx_embedded_pg_t *pg, char *err, size_t errlen)
@@ -581,7 +575,7 @@ static int start_cluster(mx_embedded_pg_t *pg, char *err, size_t errlen)
     int rc = pg_ctl(pg, "start", extra);
     if (rc != 0) {
         log_tail(pg, why, sizeof(why));
-        return fail(err, errlen, "pg_ctl start failed (status %d): %s", rc, why);
+        return mx_fail(err, errlen, "pg_ctl start failed (status %d): %s", rc, why);
     }
     if (ensure_database(pg, 30000, err, errlen) != 0) {
         stop_cluster(pg);
@@ -596,7 +590,7 @@ static int use_running(mx_embedded_pg_t *pg, char *err, size_t errlen)
 {
     char file[PATH_MAX];
     if (path_fmt(file, sizeof(file), "%s/pg.location", pg->state_dir) != 0 || read_location(pg, file) != 0)
-        return fail(err, errlen, "the running mxkeysd has not recorded its cluster in %s yet", file);
+        return mx_fail(err, errlen, "the running mxkeysd has not recorded its cluster in %s yet", file);
     mx_debug("embedded database: using the running server's cluster at %s", pg->sockdir);
     return 0;
 }
@@ -606,16 +600,16 @@ mx_embedded_pg_t *mx_embedded_pg_start(const char *state_dir, mx_embedded_mode_t
 {
     mx_embedded_pg_t *pg = calloc(1, sizeof(*pg));
     if (pg == NULL) {
-        fail(err, errlen, "out of memory");
+        mx_fail(err, errlen, "out of memory");
         return NULL;
     }
     pg->lock_fd = -1;
     if (mkdir_p(state_dir, 0755) != 0 || realpath(state_dir, pg->state_dir) == NULL) {
-        fail(err, errlen, "cannot create state dir %s: %s", state_dir, strerror(errno));
+        mx_fail(err, errlen, "cannot create state dir %s: %s", state_dir, strerror(errno));
         goto failed;
     }
     if (strchr(pg->state_dir, '\n') != NULL) {
-        fail(err, errlen, "state dir %s: a newline in the path is not supported", state_dir);
+        mx_fail(err, errlen, "state dir %s: a newline in the path is not supported", state_dir);
         goto failed;
     }
     for (unsigned waited = 0;; waited += 200) {
