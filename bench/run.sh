@@ -5,7 +5,11 @@
 # bench/results/<UTC timestamp>/ (git-ignored). Every server it starts listens on 127.0.0.1 or a unix socket only.
 #
 #   bench/run.sh [--duration S] [--rounds N] [--mix-duration S] [--concurrency N] [--users U] [--devices D] [--otks N]
-#                [--mix SPEC] [--database-url URL] [--other-url URL --other-tokens FILE] [--keep]
+#                [--backup-sessions B] [--scenarios "query claim backup-put"] [--mix SPEC] [--database-url URL]
+#                [--other-url URL --other-tokens FILE] [--keep]
+#
+# --scenarios picks the paired mxkeys/pgbench comparisons from query, claim, backup-put, upload (device keys + 50 fresh
+# signed one-time keys) and backup-get (a user's whole backup of --backup-sessions sessions; default 1000).
 #
 # --other-url/--other-tokens run the same single-scenario loads against another homeserver (a tokens file of
 # {user_id, device_id, access_token}) and add its figures to the table. Environment: MXKEYS_BUILD_DIR (default
@@ -24,6 +28,8 @@ CONCURRENCY=16
 USERS=50
 DEVICES=5
 OTKS=150
+BACKUP_SESSIONS=1000
+SCENARIOS="query claim backup-put"
 MIX=mix:upload=1,query=4,claim=2,changes=1,backup-put=1,backup-get=1,cross-sign=1
 DATABASE_URL=
 OTHER_URL=
@@ -39,12 +45,20 @@ while [ $# -gt 0 ]; do
     --devices) DEVICES=$2; shift 2 ;;
     --otks) OTKS=$2; shift 2 ;;
     --mix) MIX=$2; shift 2 ;;
+    --backup-sessions) BACKUP_SESSIONS=$2; shift 2 ;;
+    --scenarios) SCENARIOS=$2; shift 2 ;;
     --database-url) DATABASE_URL=$2; shift 2 ;;
     --other-url) OTHER_URL=$2; shift 2 ;;
     --other-tokens) OTHER_TOKENS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+for sc in $SCENARIOS; do
+    case "$sc" in
+    query | claim | backup-put | upload | backup-get) ;;
+    *) echo "run.sh: --scenarios: unknown scenario $sc (query claim backup-put upload backup-get)" >&2; exit 2 ;;
     esac
 done
 if [ -n "$OTHER_URL" ] && [ -z "$OTHER_TOKENS" ]; then
@@ -136,8 +150,8 @@ MINT="'$MXKEYSD' token create --user {user} --device {device} $MINT_DB 2>/dev/nu
 BENCH=("$MXKEYS_BENCH" --url "$URL" --mint-command "$MINT" --state "$RESULTS/state.json")
 
 # ---- set-up, once -------------------------------------------------------------------------------------------------
-say "set-up: $USERS users x $DEVICES devices, $OTKS one-time keys each, backups of 1000 sessions"
-"${BENCH[@]}" --setup-only --users "$USERS" --devices "$DEVICES" --otks "$OTKS" --backup-sessions 1000 \
+say "set-up: $USERS users x $DEVICES devices, $OTKS one-time keys each, backups of $BACKUP_SESSIONS sessions"
+"${BENCH[@]}" --setup-only --users "$USERS" --devices "$DEVICES" --otks "$OTKS" --backup-sessions "$BACKUP_SESSIONS" \
     --sessions 100 --query-users 10 --pgbench-out "$RESULTS"
 # Fresh planner statistics after the bulk writes of set-up, for both sides alike.
 psql "$PGCONN" -q -At -v ON_ERROR_STOP=1 -c ANALYZE
@@ -148,7 +162,7 @@ PREFIX=$(sed -n 's/^prefix=//p' "$RESULTS/vars")
 if [ -n "$OTHER_URL" ]; then
     say "set-up on the other server $OTHER_URL (tokens from $OTHER_TOKENS)"
     OTHER_BENCH=("$MXKEYS_BENCH" --url "$OTHER_URL" --tokens "$OTHER_TOKENS" --state "$RESULTS/other-state.json")
-    "${OTHER_BENCH[@]}" --setup-only --otks 20 --backup-sessions 1000 --sessions 100 --query-users 10
+    "${OTHER_BENCH[@]}" --setup-only --otks 20 --backup-sessions "$BACKUP_SESSIONS" --sessions 100 --query-users 10
 fi
 
 json() { $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
@@ -159,11 +173,21 @@ declare -A MX RAW RATIO ROUNDS_TEXT OTHER LABEL
 LABEL[query]="query (10 users x $DEVICES devices)"
 LABEL[claim]="claim (1 one-time key)"
 LABEL[backup-put]="backup-put (100 sessions)"
+LABEL[upload]="upload (device keys + 50 fresh signed one-time keys)"
+LABEL[backup-get]="backup-get (whole backup, $BACKUP_SESSIONS sessions)"
 # Paired rounds: mxkeys, then pgbench, ROUNDS times per scenario. Other workloads on a shared machine drift over
 # minutes; a ratio of two figures taken seconds apart, and the median over rounds, is much steadier than one long
 # run of each.
 SLICE=$(( DURATION / ROUNDS > 2 ? DURATION / ROUNDS : 2 ))
-for sc in query claim backup-put; do
+# pgbench's upload: 50 one-time keys the size of real signed ones (the statement does not verify signatures).
+OTK_TEMPLATE=$($PY - "@$PREFIX-0:$(sed -n 's/^server=//p' "$RESULTS/vars")" <<'PYEOF'
+import base64, json, os, sys
+b64 = lambda n: base64.b64encode(os.urandom(n)).decode().rstrip("=")
+print(json.dumps({"signed_curve25519:KEYID_%d" % i: {"key": b64(32), "signatures": {sys.argv[1]: {"ed25519:PGB": b64(64)}}}
+                  for i in range(50)}, separators=(",", ":")))
+PYEOF
+)
+for sc in $SCENARIOS; do
     script=${sc//-/_}
     if [ "$sc" = claim ]; then
         # One-time keys for every claim slice of both sides, sized for up to 8000 claims/s: neither side may fall
@@ -178,18 +202,27 @@ for sc in query claim backup-put; do
     for round in $(seq 1 "$ROUNDS"); do
         say "$sc, round $round/$ROUNDS: mxkeys-bench ${SLICE}s, then pgbench ${SLICE}s (concurrency $CONCURRENCY)"
         out=$RESULTS/$sc-$round
-        "${BENCH[@]}" --scenario "$sc" --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" \
+        # upload: enough distinct bodies for up to 800 uploads/s, so every measured upload stores fresh keys
+        pool=()
+        [ "$sc" = upload ] && pool=(--upload-pool $(( 800 * (SLICE + 1) )))
+        "${BENCH[@]}" --scenario "$sc" --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" "${pool[@]}" \
             --json "$out.json" --check --no-progress >"$out.txt" 2>&1 ||
             { cat "$out.txt"; echo "run.sh: $sc had unexpected errors (above)" >&2; }
         mx_rates+=("$(json "$out.json" "d['scenarios']['$sc']['throughput']")")
         extra=()
         if [ "$sc" = backup-put ]; then
             extra=(-D "start=$((4000000000000000 - $(date +%s%6N)))" -D k=0)
+        elif [ "$sc" = upload ]; then
+            extra=(-D "otks=$OTK_TEMPLATE" -D "tag=$(date +%s%N)" -D k=0)
         fi
         "$PGBENCH" -n -M prepared -c "$CONCURRENCY" -j "$(nproc)" -T "$SLICE" -f "$HERE/pgbench/$script.sql" \
             "${PGVARS[@]}" "${extra[@]}" "$PGCONN" >"$RESULTS/pgbench-$sc-$round.log" 2>&1 ||
             { tail -n 20 "$RESULTS/pgbench-$sc-$round.log" >&2; exit 1; }
         raw_rates+=("$(pgbench_tps "$RESULTS/pgbench-$sc-$round.log")")
+        if [ "$sc" = upload ]; then
+            rep=$(json "$out.json" "d['scenarios']['upload']['answers']['repeated']")
+            [ "$rep" = 0 ] || echo "run.sh: WARNING: $rep of mxkeys' uploads repeated a body (no fresh keys)" >&2
+        fi
         if [ "$sc" = claim ]; then
             fb=$(json "$out.json" "d['scenarios']['claim']['answers']['fallback']")
             [ "$fb" = 0 ] || echo "run.sh: WARNING: $fb of mxkeys' claims got fallback keys" >&2
@@ -240,7 +273,7 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
         echo "| scenario | mxkeys req/s | raw SQL tx/s | mxkeys / raw |"
         echo "| --- | ---: | ---: | ---: |"
     fi
-    for sc in query claim backup-put; do
+    for sc in $SCENARIOS; do
         row="| ${LABEL[$sc]} | ${MX[$sc]} | ${RAW[$sc]} | ${RATIO[$sc]} |"
         if [ -n "$OTHER_URL" ]; then
             vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]}))" 2>/dev/null || echo "n/a")
