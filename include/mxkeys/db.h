@@ -21,12 +21,12 @@ typedef enum en_mx_db_status_t {
 
 #define MX_DB_MAX_STMTS 16
 
-/** One statement of a job: text parameters, NUL-terminated unless `lengths` is given. Only read during submit. */
+/** One statement of a job: text parameters, each NUL-terminated (libpq reads text parameters up to the NUL and has
+ * no length for them). Only read during submit. */
 typedef struct st_mx_db_stmt_t {
     mx_stmt_id_t id;
     int nparams;
     const char *const *values;
-    const int *lengths;
 } mx_db_stmt_t;
 
 /**

@@ -479,7 +479,7 @@ mx_db_status_t mx_db_submit(mx_db_pool_t *pool, const mx_db_stmt_t *stmts, size_
         return MX_DB_BUSY;
     for (size_t i = 0; i < nstmts; i++) {
         const mx_db_stmt_t *s = &stmts[i];
-        if (!PQsendQueryPrepared(c->pg, mx_stmt_defs[s->id].name, s->nparams, s->values, s->lengths, NULL, 0))
+        if (!PQsendQueryPrepared(c->pg, mx_stmt_defs[s->id].name, s->nparams, s->values, NULL, NULL, 0))
             goto broken;
     }
     if (!PQpipelineSync(c->pg))

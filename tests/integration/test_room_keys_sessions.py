@@ -68,6 +68,22 @@ def test_ids_with_special_characters_round_trip(server, login):
     assert ok(c.delete(path(quote(room, safe=""), quote(session, safe="")), params={"version": v}))["count"] == 0
 
 
+def test_whole_backup_body_is_stored_as_sent(server, login):
+    """The whole-backup PUT hands the request body to the database as it came: escapes, white space, members
+    mxkeys does not know and nested session data all come back as the same JSON values."""
+    _, _, c = login(server)
+    v = new_version(c)
+    raw = ('{ "extra": [1, {"x": null}],\n  "rooms" : {"!r\\u00e9:x": {"sessions": {"s\\"1": '
+           '{"first_message_index": 0, "forwarded_count": 2, "is_verified": true, '
+           '"session_data": {"ciphertext": "a\\/b\\u2603\\n", "nested": {"deep": [1.5, -2e3, "\\ud83d\\ude00"]}}}}}},'
+           ' "more": "\\t" }')
+    r = c.put(path(), params={"version": v}, data=raw.encode(), headers={"Content-Type": "application/json"})
+    assert ok(r)["count"] == 1
+    import json
+    sent = json.loads(raw)["rooms"]
+    assert c.get(path(), params={"version": v}).json() == {"rooms": sent}
+
+
 def test_writes_go_to_the_current_version_only(server, login):
     _, _, c = login(server)
     assert_error(put(c, "1", key(), "!r:x", "s"), 404, "M_NOT_FOUND")
