@@ -248,3 +248,48 @@ def test_cap_holds_against_a_concurrent_upload(start_server, pg, login):
     assert r.status_code == 400 and "limit is 5" in r.json()["error"], r.text
     assert c.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"] == 2
     s.stop()
+
+
+def test_user_removal_racing_multi_device_claims(start_server, pg, login):
+    """The admin removes a user while claims take keys from several of the user's devices at once: the removal and
+    every claim succeed (locks are taken device by device in one order on both sides, so neither deadlocks), no
+    key is handed out twice, and nothing of the user is left afterwards."""
+    url = pg.conninfo + " options='-c mxkeys.test_claim_hold_ms=20'"
+    s = start_server(workers=2, db_connections=8, admin_token="admintest", database_url=url)
+    claimers = [s.mint(f"@rmclaimer{i}:localhost", f"R{i}") for i in range(16)]
+    try:
+        for round_ in range(4):
+            user, _, _ = login(s)
+            devs = []  # four devices of one user
+            for k in range(4):
+                _, device_id, c = login(s, user_id=user, device_id=f"RM{round_}D{k}")
+                dev = Device(user, device_id)
+                body = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(12),
+                        "fallback_keys": dev.fallback_keys()}
+                assert c.post("/keys/upload", json=body).status_code == 200
+                dev.uploaded = body
+                devs.append(dev)
+
+            def act(i):
+                with requests.Session() as session:
+                    if i == 16:
+                        time.sleep(0.015)  # into the claims' lock-holding window
+                        return session.delete(f"{s.url}/_mxkeys/admin/v1/users/{user}", timeout=60,
+                                              headers={"Authorization": "Bearer admintest"})
+                    order = devs if i % 2 else list(reversed(devs))
+                    body = {"one_time_keys": {user: {d.device_id: "signed_curve25519" for d in order}}}
+                    return session.post(s.url + CLIENT + "/keys/claim", json=body, timeout=60,
+                                        headers={"Authorization": f"Bearer {claimers[i]}"})
+
+            results = run_together(17, act)
+            assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+            handed = [(device_id, kid) for r in results[:16]
+                      for device_id, keys in r.json()["one_time_keys"].get(user, {}).items()
+                      for kid, obj in keys.items() if not obj.get("fallback")]
+            assert len(handed) == len(set(handed)), "a one-time key was handed out twice"
+            left = pg.psql(f"SELECT (SELECT count(*) FROM device_keys WHERE user_id = '{user}') + "
+                           f"(SELECT count(*) FROM one_time_keys WHERE user_id = '{user}') + "
+                           f"(SELECT count(*) FROM fallback_keys WHERE user_id = '{user}')")
+            assert left == "0"
+    finally:
+        s.stop()
