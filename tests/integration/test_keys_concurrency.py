@@ -293,3 +293,46 @@ def test_user_removal_racing_multi_device_claims(start_server, pg, login):
             assert left == "0"
     finally:
         s.stop()
+
+
+def test_user_removal_racing_uploads(start_server, login):
+    """The admin removes a user while each of the user's devices uploads new device keys, one-time keys and a new
+    fallback key: every request succeeds (an upload that commits first is removed with the rest; one that commits
+    after leaves its device's new keys behind, as a fresh upload would), and none is half applied."""
+    s = start_server(workers=2, db_connections=8, admin_token="admintest")
+    for round_ in range(4):
+        user, _, _ = login(s)
+        devs = []
+        for k in range(6):
+            _, device_id, c = login(s, user_id=user, device_id=f"UP{round_}D{k}")
+            dev = Device(user, device_id)
+            first = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(10),
+                     "fallback_keys": dev.fallback_keys()}
+            assert c.post("/keys/upload", json=first).status_code == 200
+            fresh = Device(user, device_id)  # new identity keys: a device-key change
+            fresh.one_time_keys(11)  # skip the ids the first account used (Olm numbers keys per account)
+            dev.next = {"device_keys": fresh.device_keys(), "one_time_keys": fresh.one_time_keys(10),
+                        "fallback_keys": fresh.fallback_keys()}
+            dev.token = c.token
+            devs.append(dev)
+
+        def act(i):
+            with requests.Session() as session:
+                if i == len(devs):
+                    time.sleep(0.005 * round_)
+                    return session.delete(f"{s.url}/_mxkeys/admin/v1/users/{user}", timeout=60,
+                                          headers={"Authorization": "Bearer admintest"})
+                return session.post(s.url + CLIENT + "/keys/upload", json=devs[i].next, timeout=60,
+                                    headers={"Authorization": f"Bearer {devs[i].token}"})
+
+        results = run_together(len(devs) + 1, act)
+        assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
+        for dev in devs:
+            rows = s.pg.psql(
+                f"SELECT (SELECT count(*) FROM device_keys WHERE user_id = '{user}' AND device_id = '{dev.device_id}')"
+                f" || ' ' || (SELECT count(*) FROM one_time_keys WHERE user_id = '{user}'"
+                f" AND device_id = '{dev.device_id}')"
+                f" || ' ' || (SELECT count(*) FROM fallback_keys WHERE user_id = '{user}'"
+                f" AND device_id = '{dev.device_id}')")
+            assert rows in ("0 0 0", "1 10 1"), f"{dev.device_id}: device keys, one-time keys, fallback keys = {rows}"
+    s.stop()
