@@ -2,7 +2,8 @@
  * limit, parsed the JSON body and resolved the access token; the handler validates, issues one DB job and answers.
  *
  * Lifetime: the call lives in the request's memory pool. If the client goes away while a DB job is in flight, the
- * pool's dispose cancels the job and the handler's callback never runs. */
+ * pool's dispose cancels the job and the handler's callback never runs; an offloaded job (mx_call_offload) still
+ * comes back, finds no call and only frees itself. */
 #ifndef MXKEYS_CALL_H
 #define MXKEYS_CALL_H
 
@@ -12,6 +13,7 @@
 #include "mxkeys/buf.h"
 #include "mxkeys/db.h"
 #include "mxkeys/errors.h"
+#include "mxkeys/offload.h"
 #include "mxkeys/router.h"
 #include "mxkeys/server.h"
 
@@ -35,6 +37,7 @@ struct st_mx_call_t {
     mx_db_job_t *_job;
     mx_call_db_cb _db_cb;
     struct st_mx_call_auth_t *_auth;
+    mx_call_t **_offload_owner; /* an offloaded job's pointer to this call: cleared if the client goes away */
     uint64_t _started_ns;
     int _status;
     bool _streaming; /* a streamed response has started: failures abort it instead of answering */
@@ -83,6 +86,14 @@ void mx_call_stream_abort(mx_call_t *call);
  * never runs; returns -1 if answered now.
  */
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
+/**
+ * Runs `job` off the event loop (mxkeys/offload.h). `*owner`, a member of the job, is set to the call now and to
+ * NULL if the client goes away first. The job's `done` must begin with mx_call_offload_return(owner): it answers
+ * the call, or NULL when there is no one left to answer (then only free the job).
+ */
+void mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner);
+/** The call an offloaded job came back to (NULL: the client went away), detached from the job. */
+mx_call_t *mx_call_offload_return(mx_call_t **owner);
 /**
  * Checks every result of a job. On the first failed one it answers the call (as mx_call_db_error does) and returns
  * false: `if (!mx_call_results_ok(call, results, n)) return;` opens every DB callback.

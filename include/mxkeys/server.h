@@ -12,6 +12,7 @@
 struct st_mx_db_pool_t;
 struct st_mx_auth_t;
 struct st_mx_metrics_t;
+struct st_mx_offload_pool_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -24,7 +25,8 @@ typedef struct st_mx_worker_t {
     struct st_mx_db_pool_t *db;
     struct st_mx_auth_t *auth;
     struct st_mx_metrics_t *metrics;
-    size_t inflight; /* requests accepted by the router and not yet answered */
+    h2o_multithread_receiver_t offload_done; /* where this worker's offloaded jobs come back */
+    size_t inflight;                         /* requests accepted by the router and not yet answered */
 } mx_worker_t;
 
 typedef struct st_mx_server_t {
@@ -34,6 +36,7 @@ typedef struct st_mx_server_t {
     int listen_fd;
     mx_worker_t *workers;
     unsigned nworkers;
+    struct st_mx_offload_pool_t *offload; /* threads for CPU-heavy work (signature checks), shared by the workers */
     atomic_bool stopping;
     const char *ready_line; /* logged once every worker runs */
 } mx_server_t;

@@ -2,6 +2,7 @@
  * Validate everything (and in strict mode verify every signature) before a single write; a conflict found by the
  * database rolls the whole upload back. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include "mxkeys/api.h"
 #include "mxkeys/canonical_json.h"
@@ -34,36 +35,33 @@ static const json_t *optional_object(mx_call_t *call, const char *name, const js
     return v;
 }
 
-/* Checks every key of a one_time_keys / fallback_keys map; answers and returns -1 on the first problem. */
-static int check_key_map(mx_call_t *call, const json_t *map, bool is_fallback, const char *ed25519)
+/* Checks every key of a one_time_keys / fallback_keys map. False, with the first problem in (err, why), on failure.
+ * Reads only its arguments: it also runs off the loop (below). */
+static bool key_map_ok(const json_t *map, bool is_fallback, const char *user_id, const char *device_id, bool strict,
+                       const char *ed25519, mx_err_t *err, char *why)
 {
-    const bool strict = call->config->validation == MX_VALIDATION_STRICT;
     json_t *algorithms = is_fallback ? json_object() : NULL; /* one fallback key per algorithm */
-    int rc = -1;
+    bool ok = false;
     const char *id;
     json_t *value;
     json_object_foreach((json_t *)map, id, value)
     {
-        mx_err_t err;
-        char why[MX_WHY_LEN];
-        if (mx_check_one_time_key(id, value, call->user_id, call->device_id, strict, ed25519, &err, why) != NULL) {
-            mx_call_error(call, err, "%s", why);
+        if (mx_check_one_time_key(id, value, user_id, device_id, strict, ed25519, err, why) != NULL)
             goto done;
-        }
         if (is_fallback) {
             size_t alen = (size_t)(strchr(id, ':') - id);
             if (json_object_getn(algorithms, id, alen) != NULL) {
-                mx_call_error(call, MX_ERR_INVALID_PARAM, "fallback_keys: more than one key for algorithm %.*s",
-                              (int)alen, id);
+                *err = MX_ERR_INVALID_PARAM;
+                snprintf(why, MX_WHY_LEN, "fallback_keys: more than one key for algorithm %.*s", (int)alen, id);
                 goto done;
             }
             json_object_setn_new(algorithms, id, alen, json_true());
         }
     }
-    rc = 0;
+    ok = true;
 done:
     json_decref(algorithms);
-    return rc;
+    return ok;
 }
 
 static bool needs_device_key(const json_t *otks, const json_t *fallbacks)
@@ -107,16 +105,94 @@ static void store(mx_call_t *call)
     (void)mx_call_db(call, &stmt, 1, on_uploaded);
 }
 
-/* Validates the key maps against `ed25519`, then stores. */
-static void check_keys_and_store(mx_call_t *call, const char *ed25519)
+/* The maps are valid: store them with the device keys. */
+static void store_checked(mx_call_t *call)
 {
     upload_t *u = call->data;
-    if ((u->otks != NULL && check_key_map(call, u->otks, false, ed25519) != 0) ||
-        (u->fallbacks != NULL && check_key_map(call, u->fallbacks, true, ed25519) != 0))
-        return;
     u->otks_text = to_text(call, u->otks);
     u->fallbacks_text = to_text(call, u->fallbacks);
     store(call);
+}
+
+/* The signature checks of the one-time and fallback keys, off the loop: 50 keys are 50 ed25519 verifications, a few
+ * milliseconds. The job owns copies of the ids and a reference to the body, so a client that goes away meanwhile
+ * frees nothing the check reads. */
+typedef struct st_key_check_t {
+    mx_offload_job_t job; /* first member: the callbacks get this pointer back */
+    mx_call_t *call;      /* NULL once the client is gone */
+    json_t *body;         /* a reference that keeps the maps below alive */
+    const json_t *otks, *fallbacks;
+    char *user_id, *device_id, *ed25519;
+    bool ok;
+    mx_err_t err;
+    char why[MX_WHY_LEN];
+} key_check_t;
+
+static void check_off_loop(mx_offload_job_t *job)
+{
+    key_check_t *kc = (key_check_t *)job;
+    kc->ok = (kc->otks == NULL ||
+              key_map_ok(kc->otks, false, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why)) &&
+             (kc->fallbacks == NULL ||
+              key_map_ok(kc->fallbacks, true, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why));
+}
+
+static void on_checked(mx_offload_job_t *job)
+{
+    key_check_t *kc = (key_check_t *)job;
+    mx_call_t *call = mx_call_offload_return(&kc->call);
+    if (call != NULL) {
+        if (kc->ok)
+            store_checked(call);
+        else
+            mx_call_error(call, kc->err, "%s", kc->why);
+    }
+    json_decref(kc->body);
+    free(kc->user_id);
+    free(kc->device_id);
+    free(kc->ed25519);
+    free(kc);
+}
+
+/* Validates the key maps against `ed25519`, then stores. Strict mode checks signatures on an offload thread. */
+static void check_keys_and_store(mx_call_t *call, const char *ed25519)
+{
+    upload_t *u = call->data;
+    const bool strict = call->config->validation == MX_VALIDATION_STRICT;
+    if (u->otks == NULL && u->fallbacks == NULL) {
+        store_checked(call);
+        return;
+    }
+    if (strict) {
+        key_check_t *kc = calloc(1, sizeof(*kc));
+        if (kc == NULL || (kc->user_id = strdup(call->user_id)) == NULL ||
+            (kc->device_id = strdup(call->device_id)) == NULL ||
+            (ed25519 != NULL && (kc->ed25519 = strdup(ed25519)) == NULL)) {
+            if (kc != NULL) {
+                free(kc->user_id);
+                free(kc->device_id);
+                free(kc);
+            }
+            mx_call_error(call, MX_ERR_INTERNAL, "out of memory");
+            return;
+        }
+        kc->job.work = check_off_loop;
+        kc->job.done = on_checked;
+        kc->body = json_incref(call->body);
+        kc->otks = u->otks;
+        kc->fallbacks = u->fallbacks;
+        mx_call_offload(call, &kc->job, &kc->call);
+        return;
+    }
+    mx_err_t err;
+    char why[MX_WHY_LEN];
+    if ((u->otks != NULL && !key_map_ok(u->otks, false, call->user_id, call->device_id, false, ed25519, &err, why)) ||
+        (u->fallbacks != NULL &&
+         !key_map_ok(u->fallbacks, true, call->user_id, call->device_id, false, ed25519, &err, why))) {
+        mx_call_error(call, err, "%s", why);
+        return;
+    }
+    store_checked(call);
 }
 
 static void on_stored_device_key(mx_call_t *call, PGresult **results, size_t n)

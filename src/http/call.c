@@ -30,6 +30,10 @@ static void on_call_dispose(void *p)
         mx_db_cancel(call->_job);
         call->_job = NULL;
     }
+    if (call->_offload_owner != NULL) { /* the job still runs, and frees itself when it comes back */
+        *call->_offload_owner = NULL;
+        call->_offload_owner = NULL;
+    }
     if (call->_auth != NULL && call->_auth->pending) {
         mx_auth_cancel(&call->_auth->waiter);
         call->_auth->pending = false;
@@ -168,6 +172,22 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
         db_unavailable(call);
         return -1;
     }
+}
+
+void mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner)
+{
+    *owner = call;
+    call->_offload_owner = owner;
+    mx_offload_submit(call->worker->server->offload, &call->worker->offload_done, job);
+}
+
+mx_call_t *mx_call_offload_return(mx_call_t **owner)
+{
+    mx_call_t *call = *owner;
+    if (call != NULL)
+        call->_offload_owner = NULL;
+    *owner = NULL;
+    return call;
 }
 
 bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults)

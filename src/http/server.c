@@ -2,6 +2,7 @@
  * loop): behind a reverse proxy that keeps a few long-lived connections, SO_REUSEPORT's hashing can pin all of them
  * to one worker, while a shared socket lets whichever worker is idle accept. */
 #include "mxkeys/server.h"
+#include "mxkeys/offload.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -84,6 +85,7 @@ static void *worker_main(void *arg)
 
     w->loop = h2o_evloop_create();
     h2o_context_init(&w->ctx, w->loop, &server->h2o);
+    mx_offload_receiver_init(&w->offload_done, &w->ctx);
     w->accept_ctx.ctx = &w->ctx;
     w->accept_ctx.hosts = server->h2o.hosts;
     /* Published with a release store: /metrics on other workers reads it. */
@@ -144,7 +146,8 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
 
     server->nworkers = cfg->workers;
     server->workers = calloc(server->nworkers, sizeof(mx_worker_t));
-    if (server->workers == NULL)
+    server->offload = mx_offload_pool_new(server->nworkers);
+    if (server->workers == NULL || server->offload == NULL)
         return -1;
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];
@@ -173,6 +176,7 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
         mx_auth_free(w->auth);
         mx_db_pool_free(w->db);
     }
+    mx_offload_pool_free(server->offload);
     return 0;
 }
 

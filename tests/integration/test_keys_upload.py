@@ -1,5 +1,6 @@
 """POST /keys/upload with real Olm keys (python3-olm): signatures, shapes, ownership, conflicts, caps, fallback keys.
 Every rule runs in both validation modes (`any_server`); where the modes differ, both outcomes are asserted."""
+import json
 import pytest
 import requests
 from conftest import assert_error
@@ -406,3 +407,29 @@ def test_matrix_nio_upload_is_accepted(any_server, new_user):
     r = requests.post(any_server.url + "/_matrix/client/v3/keys/upload", json={"one_time_keys": bad},
                       headers={"Authorization": f"Bearer {token}"}, timeout=30)
     accepted_only_when_lenient(any_server, r, "M_INVALID_SIGNATURE")
+
+
+def test_uploads_abandoned_while_their_signatures_are_checked(any_server, login):
+    """Strict mode checks one-time key signatures on a thread of its own while the request waits. Clients that send
+    a large upload and hang up at once: the server finishes or drops each one whole, never half stored, and keeps
+    serving (under the sanitizer build, any use of a request after it is gone would fail the run)."""
+    import socket
+    from urllib.parse import urlparse
+    u = urlparse(any_server.url)
+    abandoned = []
+    for i in range(20):
+        user, device_id, c = login(any_server)
+        dev = Device(user, device_id)
+        body = json.dumps({"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(100)}).encode()
+        head = (f"POST /_matrix/client/v3/keys/upload HTTP/1.1\r\nHost: {u.hostname}\r\n"
+                f"Authorization: Bearer {c.token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n").encode()
+        with socket.create_connection((u.hostname, u.port)) as s:
+            s.sendall(head + body)
+        abandoned.append((user, device_id, c))
+    for user, device_id, c in abandoned:
+        # all or nothing: either the upload went through whole or nothing of it is there
+        counts = c.post("/keys/upload", json={}).json()["one_time_key_counts"]["signed_curve25519"]
+        assert counts in (0, 100)
+    _, _, c = login(any_server)
+    assert c.post("/keys/upload", json={}).status_code == 200
