@@ -250,6 +250,20 @@ def test_cap_holds_against_a_concurrent_upload(start_server, pg, login):
     s.stop()
 
 
+def devices_of_one_user(server, login, user, n, id_prefix, n_otks):
+    """n devices of `user`, each with device keys, n_otks one-time keys and a fallback key uploaded."""
+    devs = []
+    for k in range(n):
+        _, device_id, c = login(server, user_id=user, device_id=f"{id_prefix}{k}")
+        dev = Device(user, device_id)
+        body = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(n_otks),
+                "fallback_keys": dev.fallback_keys()}
+        assert c.post("/keys/upload", json=body).status_code == 200
+        dev.uploaded, dev.client = body, c
+        devs.append(dev)
+    return devs
+
+
 def test_user_removal_racing_multi_device_claims(start_server, pg, login):
     """The admin removes a user while claims take keys from several of the user's devices at once: the removal and
     every claim succeed (locks are taken device by device in one order on both sides, so neither deadlocks), no
@@ -260,15 +274,7 @@ def test_user_removal_racing_multi_device_claims(start_server, pg, login):
     try:
         for round_ in range(4):
             user, _, _ = login(s)
-            devs = []  # four devices of one user
-            for k in range(4):
-                _, device_id, c = login(s, user_id=user, device_id=f"RM{round_}D{k}")
-                dev = Device(user, device_id)
-                body = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(12),
-                        "fallback_keys": dev.fallback_keys()}
-                assert c.post("/keys/upload", json=body).status_code == 200
-                dev.uploaded = body
-                devs.append(dev)
+            devs = devices_of_one_user(s, login, user, 4, f"RM{round_}D", 12)
 
             def act(i):
                 with requests.Session() as session:
@@ -302,19 +308,12 @@ def test_user_removal_racing_uploads(start_server, login):
     s = start_server(workers=2, db_connections=8, admin_token="admintest")
     for round_ in range(4):
         user, _, _ = login(s)
-        devs = []
-        for k in range(6):
-            _, device_id, c = login(s, user_id=user, device_id=f"UP{round_}D{k}")
-            dev = Device(user, device_id)
-            first = {"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(10),
-                     "fallback_keys": dev.fallback_keys()}
-            assert c.post("/keys/upload", json=first).status_code == 200
-            fresh = Device(user, device_id)  # new identity keys: a device-key change
+        devs = devices_of_one_user(s, login, user, 6, f"UP{round_}D", 10)
+        for dev in devs:
+            fresh = Device(user, dev.device_id)  # new identity keys: a device-key change
             fresh.one_time_keys(11)  # skip the ids the first account used (Olm numbers keys per account)
             dev.next = {"device_keys": fresh.device_keys(), "one_time_keys": fresh.one_time_keys(10),
                         "fallback_keys": fresh.fallback_keys()}
-            dev.token = c.token
-            devs.append(dev)
 
         def act(i):
             with requests.Session() as session:
@@ -323,7 +322,7 @@ def test_user_removal_racing_uploads(start_server, login):
                     return session.delete(f"{s.url}/_mxkeys/admin/v1/users/{user}", timeout=60,
                                           headers={"Authorization": "Bearer admintest"})
                 return session.post(s.url + CLIENT + "/keys/upload", json=devs[i].next, timeout=60,
-                                    headers={"Authorization": f"Bearer {devs[i].token}"})
+                                    headers={"Authorization": f"Bearer {devs[i].client.token}"})
 
         results = run_together(len(devs) + 1, act)
         assert all(r.status_code == 200 for r in results), [r.text for r in results if r.status_code != 200]
