@@ -89,9 +89,10 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
 /**
  * Runs `job` off the event loop (mxkeys/offload.h). `*owner`, a member of the job, is set to the call now and to
  * NULL if the client goes away first. The job's `done` must begin with mx_call_offload_return(owner): it answers
- * the call, or NULL when there is no one left to answer (then only free the job).
+ * the call, or NULL when there is no one left to answer (then only free the job). False when the offload queue is
+ * full: nothing was queued, and the caller does the work itself.
  */
-void mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner);
+bool mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner);
 /** The call an offloaded job came back to (NULL: the client went away), detached from the job. */
 mx_call_t *mx_call_offload_return(mx_call_t **owner);
 /**

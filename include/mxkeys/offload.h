@@ -10,6 +10,7 @@
 #define MXKEYS_OFFLOAD_H
 
 #include <h2o.h>
+#include <stdbool.h>
 
 typedef struct st_mx_offload_pool_t mx_offload_pool_t;
 typedef struct st_mx_offload_job_t mx_offload_job_t;
@@ -28,9 +29,15 @@ struct st_mx_offload_job_t {
 mx_offload_pool_t *mx_offload_pool_new(unsigned nthreads);
 /** Stops the threads once the queue is empty and joins them. Jobs still queued then are never run. */
 void mx_offload_pool_free(mx_offload_pool_t *pool);
-/** Makes `receiver` the place where a worker's finished jobs arrive (once per worker, on its own thread). */
-void mx_offload_receiver_init(h2o_multithread_receiver_t *receiver, h2o_context_t *ctx);
-/** Queues a job; its `done` will run on the loop that owns `reply_to`. */
-void mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *reply_to, mx_offload_job_t *job);
+/** Makes `receiver` the place where a worker's finished jobs arrive: `loop_queue` is its context's message queue. */
+void mx_offload_receiver_init(h2o_multithread_receiver_t *receiver, h2o_multithread_queue_t *loop_queue);
+/**
+ * Queues a job; its `done` will run on the loop that owns `reply_to`. False, and nothing queued, when the queue is
+ * full (MX_OFFLOAD_QUEUE_PER_THREAD jobs per thread): the caller then does the work on its loop, which slows that
+ * loop's intake instead of letting queued copies of request bodies pile up without bound.
+ */
+bool mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *reply_to, mx_offload_job_t *job);
+
+#define MX_OFFLOAD_QUEUE_PER_THREAD 32
 
 #endif

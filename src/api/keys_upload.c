@@ -137,6 +137,15 @@ static void check_off_loop(mx_offload_job_t *job)
               key_map_ok(kc->fallbacks, true, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why));
 }
 
+static void free_key_check(key_check_t *kc)
+{
+    json_decref(kc->body);
+    free(kc->user_id);
+    free(kc->device_id);
+    free(kc->ed25519);
+    free(kc);
+}
+
 static void on_checked(mx_offload_job_t *job)
 {
     key_check_t *kc = (key_check_t *)job;
@@ -147,11 +156,31 @@ static void on_checked(mx_offload_job_t *job)
         else
             mx_call_error(call, kc->err, "%s", kc->why);
     }
-    json_decref(kc->body);
-    free(kc->user_id);
-    free(kc->device_id);
-    free(kc->ed25519);
-    free(kc);
+    free_key_check(kc);
+}
+
+/* Queues the strict checks of the key maps. False when they could not be queued (no memory, queue full): nothing
+ * was answered, and the caller checks on the loop. */
+static bool offload_check(mx_call_t *call, const char *ed25519)
+{
+    upload_t *u = call->data;
+    key_check_t *kc = calloc(1, sizeof(*kc));
+    if (kc == NULL)
+        return false;
+    kc->job.work = check_off_loop;
+    kc->job.done = on_checked;
+    kc->body = json_incref(call->body);
+    kc->otks = u->otks;
+    kc->fallbacks = u->fallbacks;
+    kc->user_id = strdup(call->user_id);
+    kc->device_id = strdup(call->device_id);
+    kc->ed25519 = ed25519 != NULL ? strdup(ed25519) : NULL;
+    if (kc->user_id == NULL || kc->device_id == NULL || (ed25519 != NULL && kc->ed25519 == NULL) ||
+        !mx_call_offload(call, &kc->job, &kc->call)) {
+        free_key_check(kc);
+        return false;
+    }
+    return true;
 }
 
 /* Validates the key maps against `ed25519`, then stores. Strict mode checks signatures on an offload thread. */
@@ -163,32 +192,14 @@ static void check_keys_and_store(mx_call_t *call, const char *ed25519)
         store_checked(call);
         return;
     }
-    if (strict) {
-        key_check_t *kc = calloc(1, sizeof(*kc));
-        if (kc == NULL || (kc->user_id = strdup(call->user_id)) == NULL ||
-            (kc->device_id = strdup(call->device_id)) == NULL ||
-            (ed25519 != NULL && (kc->ed25519 = strdup(ed25519)) == NULL)) {
-            if (kc != NULL) {
-                free(kc->user_id);
-                free(kc->device_id);
-                free(kc);
-            }
-            mx_call_error(call, MX_ERR_INTERNAL, "out of memory");
-            return;
-        }
-        kc->job.work = check_off_loop;
-        kc->job.done = on_checked;
-        kc->body = json_incref(call->body);
-        kc->otks = u->otks;
-        kc->fallbacks = u->fallbacks;
-        mx_call_offload(call, &kc->job, &kc->call);
+    if (strict && offload_check(call, ed25519))
         return;
-    }
+    /* lenient mode (no signatures to check), or no room to offload: check here */
     mx_err_t err;
     char why[MX_WHY_LEN];
-    if ((u->otks != NULL && !key_map_ok(u->otks, false, call->user_id, call->device_id, false, ed25519, &err, why)) ||
+    if ((u->otks != NULL && !key_map_ok(u->otks, false, call->user_id, call->device_id, strict, ed25519, &err, why)) ||
         (u->fallbacks != NULL &&
-         !key_map_ok(u->fallbacks, true, call->user_id, call->device_id, false, ed25519, &err, why))) {
+         !key_map_ok(u->fallbacks, true, call->user_id, call->device_id, strict, ed25519, &err, why))) {
         mx_call_error(call, err, "%s", why);
         return;
     }

@@ -175,11 +175,13 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
     }
 }
 
-void mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner)
+bool mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner)
 {
+    if (!mx_offload_submit(call->worker->server->offload, &call->worker->offload_done, job))
+        return false;
     *owner = call;
     call->_offload_owner = owner;
-    mx_offload_submit(call->worker->server->offload, &call->worker->offload_done, job);
+    return true;
 }
 
 mx_call_t *mx_call_offload_return(mx_call_t **owner)
@@ -402,10 +404,11 @@ static body_status_t read_body(mx_call_t *call)
             bp->len = req->entity.len;
             bp->job.work = parse_off_loop;
             bp->job.done = on_parsed;
-            mx_call_offload(call, &bp->job, &bp->call);
-            return BODY_PARSING;
+            if (mx_call_offload(call, &bp->job, &bp->call))
+                return BODY_PARSING;
+            free(bp->text);
         }
-        free(bp); /* out of memory for the copy: parse here after all */
+        free(bp); /* no memory for the copy, or the offload queue is full: parse here after all */
     }
     char why[200];
     return accept_body(call, mx_json_parse(req->entity.base, req->entity.len, why, sizeof(why)), why) ? BODY_READY

@@ -8,6 +8,7 @@ struct st_mx_offload_pool_t {
     pthread_mutex_t lock;
     pthread_cond_t wake;
     h2o_linklist_t queue; /* of mx_offload_job_t.queued, oldest first */
+    size_t queued, max_queued;
     bool stopping;
     unsigned nthreads;
     pthread_t threads[];
@@ -26,6 +27,7 @@ static void *thread_main(void *arg)
         }
         mx_offload_job_t *job = H2O_STRUCT_FROM_MEMBER(mx_offload_job_t, queued, pool->queue.next);
         h2o_linklist_unlink(&job->queued);
+        pool->queued--;
         pthread_mutex_unlock(&pool->lock);
 
         job->work(job);
@@ -42,6 +44,7 @@ mx_offload_pool_t *mx_offload_pool_new(unsigned nthreads)
     pthread_mutex_init(&pool->lock, NULL);
     pthread_cond_init(&pool->wake, NULL);
     h2o_linklist_init_anchor(&pool->queue);
+    pool->max_queued = (size_t)nthreads * MX_OFFLOAD_QUEUE_PER_THREAD;
     for (; pool->nthreads < nthreads; pool->nthreads++) {
         if (pthread_create(&pool->threads[pool->nthreads], NULL, thread_main, pool) != 0) {
             mx_error("offload: cannot start thread %u", pool->nthreads);
@@ -77,18 +80,23 @@ static void on_replies(h2o_multithread_receiver_t *receiver, h2o_linklist_t *mes
     }
 }
 
-void mx_offload_receiver_init(h2o_multithread_receiver_t *receiver, h2o_context_t *ctx)
+void mx_offload_receiver_init(h2o_multithread_receiver_t *receiver, h2o_multithread_queue_t *loop_queue)
 {
-    h2o_multithread_register_receiver(ctx->queue, receiver, on_replies);
+    h2o_multithread_register_receiver(loop_queue, receiver, on_replies);
 }
 
-void mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *reply_to, mx_offload_job_t *job)
+bool mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *reply_to, mx_offload_job_t *job)
 {
     job->reply_to = reply_to;
     job->queued = (h2o_linklist_t){NULL, NULL};
     job->reply = (h2o_multithread_message_t){{NULL, NULL}};
     pthread_mutex_lock(&pool->lock);
-    h2o_linklist_insert(&pool->queue, &job->queued);
-    pthread_cond_signal(&pool->wake);
+    bool room = pool->queued < pool->max_queued;
+    if (room) {
+        h2o_linklist_insert(&pool->queue, &job->queued);
+        pool->queued++;
+        pthread_cond_signal(&pool->wake);
+    }
     pthread_mutex_unlock(&pool->lock);
+    return room;
 }

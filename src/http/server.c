@@ -85,7 +85,7 @@ static void *worker_main(void *arg)
 
     w->loop = h2o_evloop_create();
     h2o_context_init(&w->ctx, w->loop, &server->h2o);
-    mx_offload_receiver_init(&w->offload_done, &w->ctx);
+    mx_offload_receiver_init(&w->offload_done, w->ctx.queue);
     w->accept_ctx.ctx = &w->ctx;
     w->accept_ctx.hosts = server->h2o.hosts;
     /* Published with a release store: /metrics on other workers reads it. */
