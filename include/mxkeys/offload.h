@@ -40,4 +40,13 @@ bool mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *repl
 
 #define MX_OFFLOAD_QUEUE_PER_THREAD 32
 
+typedef struct st_mx_offload_stats_t {
+    size_t queued;              /* waiting for a thread now */
+    unsigned long long done;    /* run, since start */
+    unsigned long long refused; /* not queued because the queue was full (run on a loop instead) */
+} mx_offload_stats_t;
+
+/** A consistent snapshot of the pool's counters, from any thread. */
+void mx_offload_pool_stats(mx_offload_pool_t *pool, mx_offload_stats_t *out);
+
 #endif

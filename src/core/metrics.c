@@ -5,6 +5,7 @@
 #include <string.h>
 #include "mxkeys/call.h"
 #include "mxkeys/db.h"
+#include "mxkeys/offload.h"
 
 static const int status_slots[] = {200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503};
 #define NSTATUS (sizeof(status_slots) / sizeof(status_slots[0]) + 1) /* last: any other status */
@@ -161,4 +162,19 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                   sum.rejected_busy);
     mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
                   server->nworkers);
+    if (server->offload != NULL) {
+        mx_offload_stats_t off;
+        mx_offload_pool_stats(server->offload, &off);
+        mx_buf_printf(
+            out,
+            "# HELP mxkeys_offload_queued Jobs (signature checks, large body parses) waiting for an offload "
+            "thread.\n"
+            "# TYPE mxkeys_offload_queued gauge\n"
+            "mxkeys_offload_queued %zu\n"
+            "# HELP mxkeys_offload_jobs_total Offload jobs by outcome (refused: queue full, run on the loop).\n"
+            "# TYPE mxkeys_offload_jobs_total counter\n"
+            "mxkeys_offload_jobs_total{outcome=\"done\"} %llu\n"
+            "mxkeys_offload_jobs_total{outcome=\"refused\"} %llu\n",
+            off.queued, off.done, off.refused);
+    }
 }

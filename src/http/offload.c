@@ -9,6 +9,7 @@ struct st_mx_offload_pool_t {
     pthread_cond_t wake;
     h2o_linklist_t queue; /* of mx_offload_job_t.queued, oldest first */
     size_t queued, max_queued;
+    unsigned long long done, refused;
     bool stopping;
     unsigned nthreads;
     pthread_t threads[];
@@ -31,6 +32,9 @@ static void *thread_main(void *arg)
         pthread_mutex_unlock(&pool->lock);
 
         job->work(job);
+        pthread_mutex_lock(&pool->lock);
+        pool->done++;
+        pthread_mutex_unlock(&pool->lock);
         /* Thread-safe: locks the receiving loop's queue and wakes that loop. */
         h2o_multithread_send_message(job->reply_to, &job->reply);
     }
@@ -96,7 +100,16 @@ bool mx_offload_submit(mx_offload_pool_t *pool, h2o_multithread_receiver_t *repl
         h2o_linklist_insert(&pool->queue, &job->queued);
         pool->queued++;
         pthread_cond_signal(&pool->wake);
+    } else {
+        pool->refused++;
     }
     pthread_mutex_unlock(&pool->lock);
     return room;
+}
+
+void mx_offload_pool_stats(mx_offload_pool_t *pool, mx_offload_stats_t *out)
+{
+    pthread_mutex_lock(&pool->lock);
+    *out = (mx_offload_stats_t){.queued = pool->queued, .done = pool->done, .refused = pool->refused};
+    pthread_mutex_unlock(&pool->lock);
 }

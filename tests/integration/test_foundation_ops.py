@@ -29,7 +29,7 @@ def test_metrics_is_prometheus_text(server):
         if line and not line.startswith("#"):
             assert re.fullmatch(r'[a-z_:][a-z0-9_:]*(\{([a-z_]+="[^"]*",?)*\})? [-+0-9.eEInfa]+', line), line
     for name in ["mxkeys_http_requests_total", "mxkeys_http_request_duration_seconds", "mxkeys_db_inflight",
-                 "mxkeys_db_connections"]:
+                 "mxkeys_db_connections", "mxkeys_offload_queued", "mxkeys_offload_jobs_total"]:
         assert f"# TYPE {name} " in r.text, name
 
 
@@ -91,3 +91,17 @@ def test_stop_signal_exits_zero(start_server, login, sig):
     assert "stopped" in s.stderr_text()
     with pytest.raises(requests.ConnectionError):
         requests.get(s.url + "/_mxkeys/health", timeout=2)
+
+
+def test_metrics_count_offloaded_signature_checks(server, login):
+    """A strict upload of signed one-time keys has its signatures checked on an offload thread: counted."""
+    from olmkeys import Device
+    user, device_id, c = login(server)
+    dev = Device(user, device_id)
+    done = 'outcome="done"'
+    before = metric(requests.get(server.url + "/metrics").text, "mxkeys_offload_jobs_total", done)
+    r = c.post("/keys/upload", json={"device_keys": dev.device_keys(), "one_time_keys": dev.one_time_keys(5)})
+    assert r.status_code == 200, r.text
+    text = requests.get(server.url + "/metrics").text
+    assert metric(text, "mxkeys_offload_jobs_total", done) >= before + 1
+    assert metric(text, "mxkeys_offload_queued") is not None

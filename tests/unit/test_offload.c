@@ -64,6 +64,9 @@ int main(void)
     CHECK(returned == 8);
     CHECK(returned_sum == 1 + 4 + 9 + 16 + 25 + 36 + 49 + 64);
     CHECK(returned_on_loop_thread == 8);
+    mx_offload_stats_t st;
+    mx_offload_pool_stats(pool, &st);
+    CHECK(st.done == 8 && st.refused == 0 && st.queued == 0);
 
     /* Full queue: with the only thread held inside a job, MX_OFFLOAD_QUEUE_PER_THREAD more are queued, then the
      * next is refused (and not queued). */
@@ -90,6 +93,8 @@ int main(void)
         accepted += mx_offload_submit(pool, &receiver, &more[i].job);
     }
     CHECK(accepted == CAP);
+    mx_offload_pool_stats(pool, &st);
+    CHECK(st.queued == CAP && st.refused == 1);
     pthread_mutex_lock(&gate_lock);
     gate_open = 1;
     pthread_cond_broadcast(&gate_open_cond);
@@ -98,6 +103,8 @@ int main(void)
     CHECK(returned == CAP + 1); /* the refused one never comes back */
     h2o_evloop_run(loop, 20);
     CHECK(returned == CAP + 1);
+    mx_offload_pool_stats(pool, &st);
+    CHECK(st.done == 8 + CAP + 1 && st.refused == 1 && st.queued == 0);
 
     mx_offload_pool_free(pool);
     h2o_multithread_unregister_receiver(queue, &receiver);
