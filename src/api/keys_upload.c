@@ -64,6 +64,14 @@ done:
     return ok;
 }
 
+/* Both maps of an upload (either may be NULL), one-time keys first. */
+static bool key_maps_ok(const json_t *otks, const json_t *fallbacks, const char *user_id, const char *device_id,
+                        bool strict, const char *ed25519, mx_err_t *err, char *why)
+{
+    return (otks == NULL || key_map_ok(otks, false, user_id, device_id, strict, ed25519, err, why)) &&
+           (fallbacks == NULL || key_map_ok(fallbacks, true, user_id, device_id, strict, ed25519, err, why));
+}
+
 static bool needs_device_key(const json_t *otks, const json_t *fallbacks)
 {
     const json_t *maps[2] = {otks, fallbacks};
@@ -131,10 +139,7 @@ typedef struct st_key_check_t {
 static void check_off_loop(mx_offload_job_t *job)
 {
     key_check_t *kc = (key_check_t *)job;
-    kc->ok = (kc->otks == NULL ||
-              key_map_ok(kc->otks, false, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why)) &&
-             (kc->fallbacks == NULL ||
-              key_map_ok(kc->fallbacks, true, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why));
+    kc->ok = key_maps_ok(kc->otks, kc->fallbacks, kc->user_id, kc->device_id, true, kc->ed25519, &kc->err, kc->why);
 }
 
 static void free_key_check(key_check_t *kc)
@@ -197,9 +202,7 @@ static void check_keys_and_store(mx_call_t *call, const char *ed25519)
     /* lenient mode (no signatures to check), or no room to offload: check here */
     mx_err_t err;
     char why[MX_WHY_LEN];
-    if ((u->otks != NULL && !key_map_ok(u->otks, false, call->user_id, call->device_id, strict, ed25519, &err, why)) ||
-        (u->fallbacks != NULL &&
-         !key_map_ok(u->fallbacks, true, call->user_id, call->device_id, strict, ed25519, &err, why))) {
+    if (!key_maps_ok(u->otks, u->fallbacks, call->user_id, call->device_id, strict, ed25519, &err, why)) {
         mx_call_error(call, err, "%s", why);
         return;
     }
