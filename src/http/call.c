@@ -331,7 +331,6 @@ static void authorise(mx_call_t *call)
 
 /* ---- entry ----------------------------------------------------------------------------------------------------- */
 
-/* Parses the body per the route's contract; answers and returns -1 on any problem. */
 /* Takes a parsed body (NULL: not JSON, `why` says where). False when it answered the call with an error. */
 static bool accept_body(mx_call_t *call, json_t *body, const char *why)
 {
@@ -351,6 +350,7 @@ static bool accept_body(mx_call_t *call, json_t *body, const char *why)
 /* Bodies from this size on are parsed off the event loop: a 100-session backup write (~100 KB) takes about a
  * millisecond to parse, a 1 MiB body ten, and every other request of the worker would wait for it. */
 #define PARSE_OFF_LOOP_BYTES 16384
+#define PARSE_WHY_LEN 200
 
 typedef struct st_body_parse_t {
     mx_offload_job_t job; /* first member: the callbacks get this pointer back */
@@ -358,7 +358,7 @@ typedef struct st_body_parse_t {
     char *text;           /* a copy of the body: the job must not read request memory */
     size_t len;
     json_t *body;
-    char why[200];
+    char why[PARSE_WHY_LEN];
 } body_parse_t;
 
 static void parse_off_loop(mx_offload_job_t *job)
@@ -381,6 +381,7 @@ static void on_parsed(mx_offload_job_t *job)
 
 typedef enum en_body_status_t { BODY_READY, BODY_PARSING, BODY_ANSWERED } body_status_t;
 
+/* Parses the body per the route's contract: ready, being parsed off the loop (on_parsed goes on), or answered. */
 static body_status_t read_body(mx_call_t *call)
 {
     h2o_req_t *req = call->req;
@@ -410,7 +411,7 @@ static body_status_t read_body(mx_call_t *call)
         }
         free(bp); /* no memory for the copy, or the offload queue is full: parse here after all */
     }
-    char why[200];
+    char why[PARSE_WHY_LEN];
     return accept_body(call, mx_json_parse(req->entity.base, req->entity.len, why, sizeof(why)), why) ? BODY_READY
                                                                                                       : BODY_ANSWERED;
 }
