@@ -10,7 +10,7 @@ import random
 import olm
 import pytest
 from keys_modes import any_server  # noqa: F401 (fixture)
-from olmkeys import CrossSigning, Device
+from olmkeys import CrossSigning, Device, tampered
 
 ALG = "m.megolm_backup.v1.curve25519-aes-sha2"
 CASES_PER_BODY = 150
@@ -32,14 +32,7 @@ def paths(value, prefix=()):
 
 
 def replace_at(value, path, new):
-    if not path:
-        return new
-    out = copy.deepcopy(value)
-    node = out
-    for step in path[:-1]:
-        node = node[step]
-    node[path[-1]] = new
-    return out
+    return tampered(value, path, new) if path else new
 
 
 def drop_at(value, path):
