@@ -34,6 +34,10 @@ void mx_api_backup_keys_put(mx_call_t *call);
 void mx_api_backup_keys_get(mx_call_t *call);
 void mx_api_backup_keys_delete(mx_call_t *call);
 
+/* sync.c: /sync and simplified sliding sync forwarded to the homeserver (--auth homeserver) */
+void mx_api_sync(mx_call_t *call);
+void mx_api_sliding_sync(mx_call_t *call);
+
 /* admin.c: homeserver integration, admin token */
 void mx_api_admin_delete_device(mx_call_t *call);
 void mx_api_admin_delete_user(mx_call_t *call);

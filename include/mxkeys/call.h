@@ -33,14 +33,18 @@ struct st_mx_call_t {
     const char *user_id;   /* authenticated user (MX_ROUTE_USER), pool memory */
     const char *device_id; /* device of the access token; may be "" when the homeserver reports none */
     void *data;            /* handler's own state (allocate with mx_call_alloc) */
+    void *ext;             /* state of a helper layered over the handler (the identity mirror) */
     /* private */
     mx_db_job_t *_job;
     mx_call_db_cb _db_cb;
     struct st_mx_call_auth_t *_auth;
     mx_call_t **_offload_owner; /* an offloaded job's pointer to this call: cleared if the client goes away */
+    h2o_timeout_entry_t _later; /* mx_call_later */
+    void (*_later_cb)(mx_call_t *call);
     uint64_t _started_ns;
     int _status;
     bool _streaming; /* a streamed response has started: failures abort it instead of answering */
+    bool _db_quiet;  /* mx_call_db_quiet: an unavailable database is the callback's to handle */
 };
 
 /** Request-lifetime memory. */
@@ -66,13 +70,22 @@ void mx_call_error_extra(mx_call_t *call, mx_err_t err, const char *extra, const
     __attribute__((format(printf, 4, 5)));
 /** Answers with an error whose status/errcode are not in the table (e.g. 401 UIA bodies): raw JSON body. */
 void mx_call_respond_status(mx_call_t *call, int status, const char *json, size_t len);
+/** True once the call has been answered (or its streamed answer started). */
+static inline bool mx_call_answered(const mx_call_t *call)
+{
+    return call->_status != 0;
+}
+/** Adds a response header (copied) to the answer about to be sent. */
+void mx_call_add_header(mx_call_t *call, const char *name, size_t name_len, const char *value, size_t value_len);
+/** The request's access token (Authorization: Bearer, or the access_token query parameter), or NULL. */
+const char *mx_call_access_token(mx_call_t *call, size_t *len);
 /** Answers with a non-JSON body of the given media type (e.g. Prometheus text). */
 void mx_call_respond_typed(mx_call_t *call, int status, const char *content_type, const char *body, size_t len);
 
 /**
  * Starts a streamed response (chunked; no Content-Length) for bodies too large to build at once. h2o calls
- * `generator->proceed` when the previous chunk is written: send the next one from there. Metrics and the access
- * log count the request at this point.
+ * `generator->proceed` when the previous chunk is written: send the next one from there. The body is JSON unless a
+ * Content-Type was added with mx_call_add_header. Metrics and the access log count the request when it ends.
  */
 void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generator);
 /** Sends a chunk of a streamed response; the bytes must stay valid until `proceed` runs or the request ends. */
@@ -87,12 +100,21 @@ void mx_call_stream_abort(mx_call_t *call);
  */
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
 /**
+ * Like mx_call_db, but nothing is answered when the database is busy or down: -1 then (nothing submitted), or `cb`
+ * runs with no results (nresults 0) when the connection dropped before the results came.
+ */
+int mx_call_db_quiet(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
+/**
  * Runs `job` off the event loop (mxkeys/offload.h). `*owner`, a member of the job, is set to the call now and to
  * NULL if the client goes away first. The job's `done` must begin with mx_call_offload_return(owner): it answers
  * the call, or NULL when there is no one left to answer (then only free the job). False when the offload queue is
  * full: nothing was queued, and the caller does the work itself.
  */
 bool mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner);
+/** Runs `cb` again in about MX_CALL_LATER_MS (unless the client goes away first): for short waits such as a query
+ * waiting for an identity write in flight. One at a time per call. */
+void mx_call_later(mx_call_t *call, void (*cb)(mx_call_t *call));
+#define MX_CALL_LATER_MS 10
 /** The call an offloaded job came back to (NULL: the client went away), detached from the job. */
 mx_call_t *mx_call_offload_return(mx_call_t **owner);
 /**

@@ -18,6 +18,8 @@
     X(MX_ERR_NOT_FOUND, 404, "M_NOT_FOUND")                                                                            \
     X(MX_ERR_LIMIT_EXCEEDED, 503, "M_LIMIT_EXCEEDED")                                                                  \
     X(MX_ERR_UNAVAILABLE, 503, "M_UNKNOWN")                                                                            \
+    X(MX_ERR_HS_UNREACHABLE, 502, "M_UNKNOWN")                                                                         \
+    X(MX_ERR_HS_TIMEOUT, 504, "M_UNKNOWN")                                                                             \
     X(MX_ERR_INTERNAL, 500, "M_UNKNOWN")
 
 typedef enum en_mx_err_t {

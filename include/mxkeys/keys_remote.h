@@ -26,10 +26,27 @@ typedef long (*mx_keys_user_value_check)(struct st_mx_call_t *call, const char *
 /**
  * Reads the body member `member` of a /keys/query or /keys/claim: a map of user id -> value (`shape` describes it for
  * the error message), plus an optional integer `timeout`. Validates user ids and every value with `check`, enforces
- * the per-request entry cap, and splits local users from other servers'. Returns the local part as JSON text and the
- * encoded `failures` object (both request memory), or NULL after answering the call.
+ * the per-request entry cap, and splits local users from other servers'. Returns the local part as JSON text, or NULL
+ * after answering the call. Other servers' users go to `*remote` (JSON text, NULL when there are none) when it is
+ * given (beside a homeserver, which asks their servers); without it they are reported in `*failures`, which is the
+ * encoded `failures` object either way (request memory).
  */
 const char *mx_keys_split_request(struct st_mx_call_t *call, const char *member, const char *shape,
-                                  mx_keys_user_value_check check, mx_buf_t **failures);
+                                  mx_keys_user_value_check check, mx_buf_t **failures, const char **remote);
+
+/** Appends the members of the object `obj` that name other servers' users as JSON text without braces (with a
+ * leading comma when `comma`); returns how many. A homeserver's answer about local users is not taken. */
+size_t mx_keys_remote_members(const json_t *obj, const char *server_name, bool comma, mx_buf_t *out);
+
+/** The `timeout` of a query or claim (milliseconds; 10 s when absent, as the spec's default). */
+unsigned mx_keys_timeout_ms(const struct st_mx_call_t *call);
+
+/**
+ * Appends `failures` for a homeserver answer about other servers' users: its own `failures` members when it
+ * answered (`answer` parsed, may be NULL), else one entry per server named in `remote` (the users asked about)
+ * saying why (`why`).
+ */
+void mx_keys_remote_failures(const json_t *answer, const char *remote, const char *server_name, const char *why,
+                             mx_buf_t *out);
 
 #endif

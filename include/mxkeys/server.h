@@ -13,6 +13,7 @@ struct st_mx_db_pool_t;
 struct st_mx_auth_t;
 struct st_mx_metrics_t;
 struct st_mx_offload_pool_t;
+struct st_mx_upstream_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -25,6 +26,8 @@ typedef struct st_mx_worker_t {
     struct st_mx_db_pool_t *db;
     struct st_mx_auth_t *auth;
     struct st_mx_metrics_t *metrics;
+    struct st_mx_upstream_t *homeserver;     /* --auth homeserver: this worker's client of the homeserver, else NULL */
+    h2o_timeout_t later_timeout;             /* mx_call_later's short waits */
     h2o_multithread_receiver_t offload_done; /* where this worker's offloaded jobs come back */
     size_t inflight;                         /* requests accepted by the router and not yet answered */
 } mx_worker_t;

@@ -8,6 +8,7 @@
 #include "mxkeys/api.h"
 #include "mxkeys/base64.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/identity_mirror.h"
 #include "mxkeys/json_writer.h"
 #include "mxkeys/keys_validate.h"
 #include "mxkeys/signed_json.h"
@@ -47,7 +48,42 @@ typedef struct st_xsign_upload_t {
     const json_t *keys[NKINDS];
     const char *public_keys[NKINDS];
     const char *expect_master; /* stored master public key when checked */
+    const char *keys_text;     /* what mx_xsign_upload stores, or NULL: no change */
+    const char *write_id;      /* beside a homeserver: the write in flight to it */
 } xsign_upload_t;
+
+/* A refusal found after the checks began: beside a homeserver the begun write is dropped first. */
+static void refuse(mx_call_t *call, const char *write_id, mx_err_t err, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void refuse(mx_call_t *call, const char *write_id, mx_err_t err, const char *fmt, ...)
+{
+    char msg[MX_WHY_LEN];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof(msg), fmt, ap);
+    va_end(ap);
+    if (write_id != NULL)
+        mx_mirror_abandon(call, write_id, err, msg);
+    else
+        mx_call_error(call, err, "%s", msg);
+}
+
+/* The users of a begun write as IDENTITY_BEGIN takes them. */
+static const char *begin_users_text(mx_call_t *call, const json_t *targets)
+{
+    json_t *users = json_array();
+    json_array_append_new(users, json_string(call->user_id));
+    const char *user;
+    json_t *unused;
+    if (targets != NULL)
+        json_object_foreach((json_t *)targets, user, unused) json_array_append_new(users, json_string(user));
+    char *t = json_dumps(users, JSON_COMPACT);
+    json_decref(users);
+    const char *copy = t ? mx_call_strdup(call, t, strlen(t)) : "[]";
+    free(t);
+    return copy;
+}
 
 static const char *check_cross_signing_key(mx_call_t *call, int kind, const json_t *key, mx_err_t *err, char *why)
 {
@@ -133,17 +169,36 @@ static void respond_uia(mx_call_t *call)
     mx_call_respond_status(call, 401, buf->data, buf->len);
 }
 
+static void store_xsign(mx_call_t *call)
+{
+    xsign_upload_t *u = call->data;
+    const char *params[3] = {call->user_id, u->keys_text, u->expect_master};
+    mx_db_stmt_t stmt = {.id = MX_STMT_XSIGN_UPLOAD, .nparams = 3, .values = params};
+    if (u->write_id != NULL)
+        (void)mx_mirror_commit(call, u->write_id, &stmt, u->keys_text ? 1 : 0, on_xsign_stored);
+    else
+        (void)mx_call_db(call, &stmt, 1, on_xsign_stored);
+}
+
+static void on_xsign_accepted(mx_call_t *call, const mx_hs_answer_t *answer)
+{
+    (void)answer;
+    store_xsign(call);
+}
+
 static void on_upload_context(mx_call_t *call, PGresult **results, size_t n)
 {
     xsign_upload_t *u = call->data;
     if (!mx_call_results_ok(call, results, n))
         return;
+    if (n > 1)
+        u->write_id = mx_call_strdup(call, PQgetvalue(results[1], 0, 0), (size_t)PQgetlength(results[1], 0, 0));
     json_t *ctx = json_loads(PQgetvalue(results[0], 0, 0), 0, NULL);
     const json_t *stored = json_object_get(ctx, "keys");
     const json_t *clash = json_object_get(ctx, "device_ids");
     if (json_array_size(clash) > 0) {
-        mx_call_error(call, MX_ERR_FORBIDDEN, "public key %s is the id of one of your devices",
-                      json_string_value(json_array_get(clash, 0)));
+        refuse(call, u->write_id, MX_ERR_FORBIDDEN, "public key %s is the id of one of your devices",
+               json_string_value(json_array_get(clash, 0)));
         goto done;
     }
     const json_t *stored_master = json_object_get(stored, "master");
@@ -155,18 +210,17 @@ static void on_upload_context(mx_call_t *call, PGresult **results, size_t n)
         if (u->keys[k] == NULL)
             continue;
         if (master == NULL) {
-            mx_call_error(call, MX_ERR_MISSING_PARAM,
-                          "%s must be signed by a master key, and none is known: upload "
-                          "master_key in the same request",
-                          kinds[k].member);
+            refuse(call, u->write_id, MX_ERR_MISSING_PARAM,
+                   "%s must be signed by a master key, and none is known: upload master_key in the same request",
+                   kinds[k].member);
             goto done;
         }
         char key_id[64];
         snprintf(key_id, sizeof(key_id), "ed25519:%s", master);
         mx_sig_result_t r = mx_signed_json_verify(u->keys[k], call->user_id, key_id, master);
         if (r != MX_SIG_OK) {
-            mx_call_error(call, MX_ERR_INVALID_SIGNATURE, "%s %s: signature by %s with master key %s: %s",
-                          kinds[k].member, u->public_keys[k], call->user_id, key_id, mx_sig_result_str(r));
+            refuse(call, u->write_id, MX_ERR_INVALID_SIGNATURE, "%s %s: signature by %s with master key %s: %s",
+                   kinds[k].member, u->public_keys[k], call->user_id, key_id, mx_sig_result_str(r));
             goto done;
         }
     }
@@ -176,6 +230,21 @@ static void on_upload_context(mx_call_t *call, PGresult **results, size_t n)
     for (int k = 0; k < NKINDS; k++)
         if (u->keys[k] != NULL && !json_equal((json_t *)u->keys[k], json_object_get(stored, kinds[k].usage)))
             changes = true;
+    if (changes) {
+        json_t *keys = json_object();
+        for (int k = 0; k < NKINDS; k++)
+            if (u->keys[k] != NULL)
+                json_object_set(keys, kinds[k].usage, (json_t *)u->keys[k]);
+        u->keys_text = json_text(call, keys);
+        json_decref(keys);
+    }
+    if (u->write_id != NULL) {
+        /* Beside a homeserver it decides (user-interactive auth included), and gets even an unchanged upload: that
+         * is how its copy catches up with ours. Its 401 reaches the client as it came. */
+        h2o_req_t *req = call->req;
+        mx_mirror_forward(call, u->write_id, req->entity.base, req->entity.len, on_xsign_accepted);
+        goto done;
+    }
     if (!changes) {
         mx_call_respond(call, 200, "{}", 2);
         goto done;
@@ -185,14 +254,7 @@ static void on_upload_context(mx_call_t *call, PGresult **results, size_t n)
         respond_uia(call);
         goto done;
     }
-    json_t *keys = json_object();
-    for (int k = 0; k < NKINDS; k++)
-        if (u->keys[k] != NULL)
-            json_object_set(keys, kinds[k].usage, (json_t *)u->keys[k]);
-    const char *params[3] = {call->user_id, json_text(call, keys), u->expect_master};
-    json_decref(keys);
-    mx_db_stmt_t stmt = {.id = MX_STMT_XSIGN_UPLOAD, .nparams = 3, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_xsign_stored);
+    store_xsign(call);
 done:
     json_decref(ctx);
 }
@@ -227,14 +289,19 @@ void mx_api_device_signing_upload(mx_call_t *call)
     }
     const char *params[2] = {call->user_id, json_text(call, pks)};
     json_decref(pks);
-    mx_db_stmt_t stmt = {.id = MX_STMT_XSIGN_UPLOAD_CONTEXT, .nparams = 2, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_upload_context);
+    const char *begin[2] = {begin_users_text(call, NULL), mx_mirror_ttl_text(call)};
+    mx_db_stmt_t stmts[2] = {{.id = MX_STMT_XSIGN_UPLOAD_CONTEXT, .nparams = 2, .values = params},
+                             {.id = MX_STMT_IDENTITY_BEGIN, .nparams = 2, .values = begin}};
+    (void)mx_call_db(call, stmts, mx_mirror_enabled(call) ? 2 : 1, on_upload_context);
 }
 
 /* ---- POST /keys/signatures/upload ------------------------------------------------------------------------------ */
 
 typedef struct st_sig_upload_t {
-    json_t *failures; /* user -> key id -> {errcode, error} */
+    json_t *failures;         /* user -> key id -> {errcode, error} */
+    json_t *store;            /* beside a homeserver: the verified signatures, until it has said which it takes */
+    const char *targets_text; /* the users and key ids asked about, JSON (for the marker) */
+    const char *write_id;
 } sig_upload_t;
 
 static void add_failure(sig_upload_t *s, const char *user, const char *key_id, mx_err_t err, const char *fmt, ...)
@@ -376,11 +443,67 @@ static void on_signatures_stored(mx_call_t *call, PGresult **results, size_t n)
     respond_failures(call);
 }
 
+/* The body for the homeserver: the objects whose signatures mxkeys verified, as the client sent them. */
+static char *accepted_body(mx_call_t *call, const json_t *store, size_t *len)
+{
+    json_t *body = json_object();
+    size_t i;
+    json_t *sig;
+    json_array_foreach(store, i, sig)
+    {
+        const char *user = json_string_value(json_object_get(sig, "target_user"));
+        const char *key_id = json_string_value(json_object_get(sig, "target_key_id"));
+        json_t *by_user = json_object_get(body, user);
+        if (by_user == NULL)
+            json_object_set_new(body, user, by_user = json_object());
+        json_object_set(by_user, key_id, json_object_get(json_object_get(call->body, user), key_id));
+    }
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    *len = text ? strlen(text) : 0;
+    char *copy = text ? mx_call_strdup(call, text, *len) : NULL;
+    free(text);
+    return copy;
+}
+
+/* The homeserver took the signatures except those in its `failures`: those are not stored, and its failures join
+ * mxkeys' own. */
+static void on_signatures_accepted(mx_call_t *call, const mx_hs_answer_t *answer)
+{
+    sig_upload_t *s = call->data;
+    json_t *hs = json_loadb(answer->body, answer->len, 0, NULL);
+    const json_t *refused = json_object_get(hs, "failures");
+    json_t *kept = json_array();
+    size_t i;
+    json_t *sig;
+    json_array_foreach(s->store, i, sig)
+    {
+        const char *user = json_string_value(json_object_get(sig, "target_user"));
+        const char *key_id = json_string_value(json_object_get(sig, "target_key_id"));
+        const json_t *why = json_object_get(json_object_get(refused, user), key_id);
+        if (why == NULL) {
+            json_array_append(kept, sig);
+            continue;
+        }
+        json_t *by_user = json_object_get(s->failures, user);
+        if (by_user == NULL)
+            json_object_set_new(s->failures, user, by_user = json_object());
+        json_object_set(by_user, key_id, (json_t *)why);
+    }
+    json_decref(hs);
+    const char *params[2] = {call->user_id, json_text(call, kept)};
+    mx_db_stmt_t stmt = {.id = MX_STMT_XSIGN_STORE_SIGNATURES, .nparams = 2, .values = params};
+    (void)mx_mirror_commit(call, s->write_id, &stmt, json_array_size(kept) ? 1 : 0, on_signatures_stored);
+    json_decref(kept);
+}
+
 static void on_signatures_context(mx_call_t *call, PGresult **results, size_t n)
 {
     sig_upload_t *s = call->data;
     if (!mx_call_results_ok(call, results, n))
         return;
+    if (n > 1)
+        s->write_id = mx_call_strdup(call, PQgetvalue(results[1], 0, 0), (size_t)PQgetlength(results[1], 0, 0));
     json_t *ctx = json_loads(PQgetvalue(results[0], 0, 0), 0, NULL);
     json_t *store = json_array();
     const char *user;
@@ -392,8 +515,24 @@ static void on_signatures_context(mx_call_t *call, PGresult **results, size_t n)
         json_object_foreach(entries, key_id, obj) check_entry(call, s, store, ctx, user, key_id, obj);
     }
     json_decref(ctx);
+    if (s->write_id != NULL && json_array_size(store) > 0) {
+        size_t len;
+        const char *body = accepted_body(call, store, &len);
+        s->store = store;
+        mx_mirror_forward(call, s->write_id, body, len, on_signatures_accepted);
+        return;
+    }
     if (json_array_size(store) == 0) {
         json_decref(store);
+        if (s->write_id != NULL) {
+            json_t *b = json_pack("{s:O}", "failures", s->failures);
+            char *text = json_dumps(b, JSON_COMPACT);
+            json_decref(b);
+            size_t len = strlen(text);
+            mx_mirror_abandon_ok(call, s->write_id, mx_call_strdup(call, text, len), len);
+            free(text);
+            return;
+        }
         respond_failures(call);
         return;
     }
@@ -406,6 +545,7 @@ static void on_signatures_context(mx_call_t *call, PGresult **results, size_t n)
 static void on_sig_dispose(void *p)
 {
     json_decref(((sig_upload_t *)p)->failures);
+    json_decref(((sig_upload_t *)p)->store);
 }
 
 void mx_api_signatures_upload(mx_call_t *call)
@@ -453,11 +593,15 @@ void mx_api_signatures_upload(mx_call_t *call)
         goto done;
     }
     sig_upload_t *s = h2o_mem_alloc_shared(&call->req->pool, sizeof(*s), on_sig_dispose);
+    memset(s, 0, sizeof(*s));
     s->failures = json_object();
     call->data = s;
     const char *params[2] = {call->user_id, json_text(call, targets)};
-    mx_db_stmt_t stmt = {.id = MX_STMT_XSIGN_SIGNATURES_CONTEXT, .nparams = 2, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_signatures_context);
+    /* beside a homeserver the write concerns the signer and every user whose keys it signs */
+    const char *begin[2] = {begin_users_text(call, targets), mx_mirror_ttl_text(call)};
+    mx_db_stmt_t stmts[2] = {{.id = MX_STMT_XSIGN_SIGNATURES_CONTEXT, .nparams = 2, .values = params},
+                             {.id = MX_STMT_IDENTITY_BEGIN, .nparams = 2, .values = begin}};
+    (void)mx_call_db(call, stmts, mx_mirror_enabled(call) ? 2 : 1, on_signatures_context);
 done:
     json_decref(targets);
 }

@@ -1,10 +1,12 @@
-/* GET /keys/changes and GET /_mxkeys/v1/stream_position: the device-list change stream. Tokens are mxkeys' own,
- * "mxk_dl_<stream id>"; a homeserver's /sync token is not one of them (400 M_INVALID_PARAM). */
+/* GET /keys/changes and GET /_mxkeys/v1/stream_position: the device-list change stream. Standalone, tokens are
+ * mxkeys' own, "mxk_dl_<stream id>" (anything else is 400 M_INVALID_PARAM); beside a homeserver the request goes to
+ * the homeserver, whose /sync tokens clients hold. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/api.h"
+#include "mxkeys/hs_forward.h"
 
 #define TOKEN_PREFIX "mxk_dl_"
 
@@ -37,6 +39,12 @@ static void on_changes(mx_call_t *call, PGresult **results, size_t n)
 
 void mx_api_keys_changes(mx_call_t *call)
 {
+    /* Beside a homeserver, clients hold its /sync tokens, and it knows who shares rooms (and so `left`): it answers,
+     * for local and remote users alike. */
+    if (call->config->auth_mode == MX_AUTH_HOMESERVER) {
+        mx_hs_forward(call);
+        return;
+    }
     const char *from = mx_call_query(call, "from"), *to = mx_call_query(call, "to");
     int64_t from_id, to_id = INT64_MAX;
     if (from == NULL) {

@@ -1,27 +1,151 @@
-/* POST /keys/query: device keys (and cross-signing keys) of local users in one statement, however many users;
- * users of other servers are reported in `failures` (federation is not served by mxkeys). */
+/* POST /keys/query: device keys (and cross-signing keys) of local users in one statement, however many users.
+ * Other servers' users are reported in `failures` standalone; beside a homeserver they are asked of it (it federates
+ * and keeps remote device lists current) while the local part runs, and the two answers are merged. Beside a
+ * homeserver the local part also waits, bounded, while an identity write of one of its users is in flight to the
+ * homeserver (mxkeys/identity_mirror.h), so that the state it answers is the one the homeserver announces. */
+#include <stdlib.h>
+#include <string.h>
 #include "mxkeys/api.h"
+#include "mxkeys/hs_forward.h"
+#include "mxkeys/identity_mirror.h"
+#include "mxkeys/json_splice.h"
 #include "mxkeys/keys_remote.h"
 #include "mxkeys/keys_validate.h"
 
+/* The maps of the answer that can hold other servers' users. */
+static const char *const merged_maps[] = {"device_keys", "master_keys", "self_signing_keys", "user_signing_keys"};
+#define NMAPS 4
+
 typedef struct st_query_t {
-    mx_buf_t *failures; /* the failures object, already encoded */
+    mx_buf_t *failures; /* the failures object, already encoded (standalone) */
+    const char *wanted; /* local users asked about, JSON text */
+    const char *remote; /* other servers' users, JSON text, or NULL */
+    const char *local;  /* the database's answer, once it came */
+    size_t local_len;
+    bool remote_pending;    /* the homeserver has not answered yet */
+    json_t *remote_answer;  /* its answer, parsed (NULL: none or unusable) */
+    const char *remote_why; /* why there is none */
 } query_t;
+
+static void on_query_dispose(void *p)
+{
+    json_decref(((query_t *)p)->remote_answer);
+}
+
+/* The local answer with the homeserver's users merged into its maps, `failures` first. */
+static void respond_merged(mx_call_t *call)
+{
+    query_t *q = call->data;
+    mx_buf_t *buf = mx_call_buf(call);
+    mx_buf_puts(buf, "{\"failures\":");
+    if (q->remote == NULL) {
+        mx_buf_append(buf, q->failures->data, q->failures->len);
+        mx_buf_putc(buf, ',');
+        mx_buf_append(buf, q->local + 1, q->local_len - 1);
+        mx_call_respond_buf(call, 200, buf);
+        return;
+    }
+    mx_buf_putc(buf, '{');
+    mx_keys_remote_failures(q->remote_answer, q->remote, call->config->server_name, q->remote_why, buf);
+    mx_buf_puts(buf, "},");
+    mx_splice_rule_t rules[NMAPS];
+    mx_buf_t *members = mx_call_buf(call);
+    size_t starts[NMAPS + 1];
+    for (int i = 0; i < NMAPS; i++) {
+        starts[i] = members->len;
+        mx_keys_remote_members(json_object_get(q->remote_answer, merged_maps[i]), call->config->server_name, false,
+                               members);
+    }
+    starts[NMAPS] = members->len;
+    for (int i = 0; i < NMAPS; i++)
+        rules[i] = (mx_splice_rule_t){.path = {merged_maps[i]},
+                                      .depth = 1,
+                                      .action = MX_SPLICE_APPEND_MEMBERS,
+                                      .text = members->data ? members->data + starts[i] : "",
+                                      .len = starts[i + 1] - starts[i],
+                                      .add_if_missing = true};
+    /* The local text is an object whose first byte is '{': the splicer sees it whole, and its output after that
+     * brace follows `failures`. */
+    mx_buf_t *merged = mx_call_buf(call);
+    mx_splice_t s;
+    if (mx_splice_init(&s, rules, NMAPS) != 0 || mx_splice_feed(&s, q->local, q->local_len, merged) != 0 ||
+        mx_splice_finish(&s, merged) != 0) {
+        mx_call_error(call, MX_ERR_INTERNAL, "cannot merge the homeserver's answer");
+        return;
+    }
+    mx_buf_append(buf, merged->data + 1, merged->len - 1);
+    mx_call_respond_buf(call, 200, buf);
+}
+
+static void maybe_respond(mx_call_t *call)
+{
+    query_t *q = call->data;
+    if (q->local != NULL && !q->remote_pending)
+        respond_merged(call);
+}
+
+static void on_remote(mx_call_t *call, const mx_hs_answer_t *a)
+{
+    query_t *q = call->data;
+    q->remote_pending = false;
+    if (a->status == 200) {
+        q->remote_answer = json_loadb(a->body, a->len, JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(q->remote_answer)) {
+            json_decref(q->remote_answer);
+            q->remote_answer = NULL;
+            q->remote_why = "the homeserver's answer is not a JSON object";
+        }
+    } else {
+        q->remote_why = a->status == 0 ? (a->error == MX_UPSTREAM_TIMEOUT ? "the homeserver did not answer in time"
+                                                                          : "the homeserver cannot be reached")
+                                       : "the homeserver refused to ask other servers";
+    }
+    maybe_respond(call);
+}
+
+static void ask_homeserver(mx_call_t *call)
+{
+    query_t *q = call->data;
+    mx_buf_t *body = mx_call_buf(call);
+    mx_buf_puts(body, "{\"device_keys\":");
+    mx_buf_puts(body, q->remote);
+    mx_buf_printf(body, ",\"timeout\":%u}", mx_keys_timeout_ms(call));
+    h2o_req_t *req = call->req;
+    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    mx_upstream_spec_t spec;
+    mx_hs_spec(call, &spec, "POST", req->path.base, path_len, body->data, body->len);
+    spec.retry_safe = true;
+    spec.deadline_ms = mx_keys_timeout_ms(call) + call->config->homeserver_timeout_ms;
+    q->remote_pending = true;
+    if (mx_hs_fetch(call, &spec, on_remote) != 0)
+        q->remote_pending = false; /* answered already */
+}
+
+static void query_local(mx_call_t *call);
 
 static void on_queried(mx_call_t *call, PGresult **results, size_t n)
 {
     if (!mx_call_results_ok(call, results, n))
         return;
     query_t *q = call->data;
-    /* The database returns the whole answer but `failures`: splice that in after the opening brace. */
-    const char *text = PQgetvalue(results[0], 0, 0);
-    size_t len = (size_t)PQgetlength(results[0], 0, 0);
-    mx_buf_t *buf = mx_call_buf(call);
-    mx_buf_puts(buf, "{\"failures\":");
-    mx_buf_append(buf, q->failures->data, q->failures->len);
-    mx_buf_putc(buf, ',');
-    mx_buf_append(buf, text + 1, len - 1);
-    mx_call_respond_buf(call, 200, buf);
+    int col = PQnfields(results[0]) - 1; /* the settled form has the wait first, the answer last */
+    if (col > 0 && !PQgetisnull(results[0], 0, 0)) {
+        mx_call_later(call, query_local); /* an identity write of one of these users is in flight */
+        return;
+    }
+    q->local_len = (size_t)PQgetlength(results[0], 0, col);
+    q->local = mx_call_strdup(call, PQgetvalue(results[0], 0, col), q->local_len);
+    maybe_respond(call);
+}
+
+static void query_local(mx_call_t *call)
+{
+    query_t *q = call->data;
+    const char *params[2] = {call->user_id, q->wanted};
+    mx_db_stmt_t stmt = {.id = mx_mirror_enabled(call) ? MX_STMT_KEYS_QUERY_SETTLED : MX_STMT_KEYS_QUERY,
+                         .nparams = 2,
+                         .values = params};
+    (void)mx_call_db(call, &stmt, 1, on_queried);
 }
 
 /* device_keys[user]: a list of device ids (empty: all devices). Counts the user plus each device. */
@@ -45,13 +169,15 @@ static long check_devices(mx_call_t *call, const char *user, const json_t *devic
 
 void mx_api_keys_query(mx_call_t *call)
 {
-    query_t *q = mx_call_alloc(call, sizeof(*q));
-    const char *wanted =
-        mx_keys_split_request(call, "device_keys", "user id -> list of device ids", check_devices, &q->failures);
-    if (wanted == NULL)
+    query_t *q = h2o_mem_alloc_shared(&call->req->pool, sizeof(*q), on_query_dispose);
+    memset(q, 0, sizeof(*q));
+    q->wanted = mx_keys_split_request(call, "device_keys", "user id -> list of device ids", check_devices, &q->failures,
+                                      mx_mirror_enabled(call) ? &q->remote : NULL);
+    if (q->wanted == NULL)
         return;
     call->data = q;
-    const char *params[2] = {call->user_id, wanted};
-    mx_db_stmt_t stmt = {.id = MX_STMT_KEYS_QUERY, .nparams = 2, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_queried);
+    if (q->remote != NULL)
+        ask_homeserver(call);
+    if (!mx_call_answered(call))
+        query_local(call);
 }

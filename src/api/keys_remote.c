@@ -47,7 +47,7 @@ void mx_keys_remote_free(mx_keys_remote_t *r)
 }
 
 const char *mx_keys_split_request(mx_call_t *call, const char *member, const char *shape,
-                                  mx_keys_user_value_check check, mx_buf_t **failures)
+                                  mx_keys_user_value_check check, mx_buf_t **failures, const char **remote)
 {
     const json_t *wanted = json_object_get(call->body, member);
     const json_t *timeout = json_object_get(call->body, "timeout");
@@ -64,9 +64,9 @@ const char *mx_keys_split_request(mx_call_t *call, const char *member, const cha
         return NULL;
     }
     const char *result = NULL;
-    mx_keys_remote_t remote;
-    mx_keys_remote_init(&remote, call->config->server_name);
-    json_t *local = json_object();
+    mx_keys_remote_t remote_servers;
+    mx_keys_remote_init(&remote_servers, call->config->server_name);
+    json_t *local = json_object(), *others = json_object();
     size_t entries = 0;
     const char *user;
     json_t *value;
@@ -85,7 +85,9 @@ const char *mx_keys_split_request(mx_call_t *call, const char *member, const cha
                           call->config->max_keys_per_request);
             goto done;
         }
-        if (mx_keys_remote_note(&remote, user))
+        if (remote != NULL && strcmp(mx_user_id_server(user), call->config->server_name) != 0)
+            json_object_set(others, user, value);
+        else if (mx_keys_remote_note(&remote_servers, user))
             json_object_set(local, user, value);
     }
     char *text = json_dumps(local, JSON_COMPACT);
@@ -95,10 +97,114 @@ const char *mx_keys_split_request(mx_call_t *call, const char *member, const cha
     }
     result = mx_call_strdup(call, text, strlen(text));
     free(text);
+    if (remote != NULL) {
+        *remote = NULL;
+        if (json_object_size(others) > 0) {
+            char *o = json_dumps(others, JSON_COMPACT);
+            if (o == NULL) {
+                mx_call_error(call, MX_ERR_INTERNAL, "out of memory");
+                result = NULL;
+                goto done;
+            }
+            *remote = mx_call_strdup(call, o, strlen(o));
+            free(o);
+        }
+    }
     *failures = mx_call_buf(call);
-    mx_keys_remote_encode(&remote, *failures);
+    mx_keys_remote_encode(&remote_servers, *failures);
 done:
-    mx_keys_remote_free(&remote);
+    mx_keys_remote_free(&remote_servers);
     json_decref(local);
+    json_decref(others);
     return result;
+}
+
+size_t mx_keys_remote_members(const json_t *obj, const char *server_name, bool comma, mx_buf_t *out)
+{
+    size_t n = 0;
+    const char *user;
+    json_t *value;
+    if (!json_is_object(obj))
+        return 0;
+    json_object_foreach((json_t *)obj, user, value)
+    {
+        if (!mx_user_id_valid(user) || strcmp(mx_user_id_server(user), server_name) == 0)
+            continue;
+        char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+        if (text == NULL)
+            continue;
+        if (comma || n > 0)
+            mx_buf_putc(out, ',');
+        mx_jw_t jw;
+        mx_jw_init(&jw, out);
+        mx_jw_string(&jw, user);
+        mx_buf_putc(out, ':');
+        mx_buf_puts(out, text);
+        free(text);
+        n++;
+    }
+    return n;
+}
+
+unsigned mx_keys_timeout_ms(const mx_call_t *call)
+{
+    const json_t *t = json_object_get(call->body, "timeout");
+    json_int_t v = json_is_integer(t) ? json_integer_value(t) : 10000;
+    return v < 0 ? 0 : v > 60000 ? 60000 : (unsigned)v;
+}
+
+void mx_keys_remote_failures(const json_t *answer, const char *remote, const char *server_name, const char *why,
+                             mx_buf_t *out)
+{
+    const json_t *f = json_object_get(answer, "failures");
+    if (answer != NULL) {
+        /* the homeserver's word on each server it asked */
+        const char *server;
+        json_t *value;
+        bool first = true;
+        json_object_foreach((json_t *)f, server, value)
+        {
+            char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
+            if (text == NULL || strcmp(server, server_name) == 0) {
+                free(text);
+                continue;
+            }
+            if (!first)
+                mx_buf_putc(out, ',');
+            first = false;
+            mx_jw_t jw;
+            mx_jw_init(&jw, out);
+            mx_jw_string(&jw, server);
+            mx_buf_putc(out, ':');
+            mx_buf_puts(out, text);
+            free(text);
+        }
+        return;
+    }
+    json_t *users = json_loads(remote, 0, NULL);
+    mx_keys_remote_t servers;
+    mx_keys_remote_init(&servers, server_name);
+    const char *user;
+    json_t *unused;
+    json_object_foreach(users, user, unused)(void) mx_keys_remote_note(&servers, user);
+    const char *server;
+    bool first = true;
+    json_object_foreach(servers.servers, server, unused)
+    {
+        if (!first)
+            mx_buf_putc(out, ',');
+        first = false;
+        mx_jw_t jw;
+        mx_jw_init(&jw, out);
+        mx_jw_string(&jw, server);
+        mx_buf_putc(out, ':');
+        mx_jw_object_begin(&jw);
+        mx_jw_key(&jw, "errcode");
+        mx_jw_string(&jw, "M_UNKNOWN");
+        mx_jw_key(&jw, "error");
+        mx_jw_string(&jw, why);
+        mx_jw_object_end(&jw);
+    }
+    mx_keys_remote_free(&servers);
+    json_decref(users);
 }

@@ -6,12 +6,14 @@
 #include <string.h>
 #include "mxkeys/api.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/identity_mirror.h"
 #include "mxkeys/json_writer.h"
 #include "mxkeys/keys_validate.h"
 
 typedef struct st_upload_t {
     const json_t *device_keys, *otks, *fallbacks;
     char *device_keys_text, *otks_text, *fallbacks_text;
+    const char *write_id; /* beside a homeserver: the device-keys write in flight to it */
 } upload_t;
 
 /* Canonical text of a validated value, in request memory (NULL in, NULL out). */
@@ -103,13 +105,58 @@ static void on_uploaded(mx_call_t *call, PGresult **results, size_t n)
     mx_call_respond_buf(call, 200, buf);
 }
 
+/* The upload statement; `params` holds its values. */
+static mx_db_stmt_t upload_stmt(mx_call_t *call, const char *params[6])
+{
+    upload_t *u = call->data;
+    char *cap = mx_call_alloc(call, 16);
+    snprintf(cap, 16, "%u", call->config->max_otks_per_device);
+    params[0] = call->user_id, params[1] = call->device_id, params[2] = u->device_keys_text;
+    params[3] = u->otks_text, params[4] = u->fallbacks_text, params[5] = cap;
+    return (mx_db_stmt_t){.id = MX_STMT_KEYS_UPLOAD, .nparams = 6, .values = params};
+}
+
+/* Beside a homeserver, new device keys reach it first (mxkeys/identity_mirror.h): it announces them, and other
+ * users' clients learn of the device from it. One-time and fallback keys stay here alone. */
+static void on_device_keys_accepted(mx_call_t *call, const mx_hs_answer_t *answer)
+{
+    (void)answer; /* its one_time_key_counts are the homeserver's (none): the client gets mxkeys' */
+    upload_t *u = call->data;
+    const char *params[6];
+    mx_db_stmt_t stmt = upload_stmt(call, params);
+    (void)mx_mirror_commit(call, u->write_id, &stmt, 1, on_uploaded);
+}
+
+static void on_device_keys_begun(mx_call_t *call, PGresult **results, size_t n)
+{
+    if (!mx_call_results_ok(call, results, n))
+        return;
+    upload_t *u = call->data;
+    if (PQgetisnull(results[0], 0, 0)) { /* the stored device keys: nothing for the homeserver */
+        const char *params[6];
+        mx_db_stmt_t stmt = upload_stmt(call, params);
+        (void)mx_call_db(call, &stmt, 1, on_uploaded);
+        return;
+    }
+    u->write_id = mx_call_strdup(call, PQgetvalue(results[0], 0, 0), (size_t)PQgetlength(results[0], 0, 0));
+    mx_buf_t *body = mx_call_buf(call);
+    mx_buf_puts(body, "{\"device_keys\":");
+    mx_buf_puts(body, u->device_keys_text);
+    mx_buf_putc(body, '}');
+    mx_mirror_forward(call, u->write_id, body->data, body->len, on_device_keys_accepted);
+}
+
 static void store(mx_call_t *call)
 {
     upload_t *u = call->data;
-    char cap[16];
-    snprintf(cap, sizeof(cap), "%u", call->config->max_otks_per_device);
-    const char *params[6] = {call->user_id, call->device_id, u->device_keys_text, u->otks_text, u->fallbacks_text, cap};
-    mx_db_stmt_t stmt = {.id = MX_STMT_KEYS_UPLOAD, .nparams = 6, .values = params};
+    if (u->device_keys_text != NULL && mx_mirror_enabled(call)) {
+        const char *params[4] = {call->user_id, call->device_id, u->device_keys_text, mx_mirror_ttl_text(call)};
+        mx_db_stmt_t stmt = {.id = MX_STMT_IDENTITY_BEGIN_DEVICE_KEYS, .nparams = 4, .values = params};
+        (void)mx_call_db(call, &stmt, 1, on_device_keys_begun);
+        return;
+    }
+    const char *params[6];
+    mx_db_stmt_t stmt = upload_stmt(call, params);
     (void)mx_call_db(call, &stmt, 1, on_uploaded);
 }
 

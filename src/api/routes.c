@@ -44,6 +44,11 @@ const mx_route_t mx_routes[] = {
     CLIENT(DELETE, "/room_keys/keys/{roomId}", MX_ROUTE_USER, MX_BODY_NONE, mx_api_backup_keys_delete),
     CLIENT(DELETE, "/room_keys/keys/{roomId}/{sessionId}", MX_ROUTE_USER, MX_BODY_NONE, mx_api_backup_keys_delete),
 
+    /* beside a homeserver: passed through it, with mxkeys' one-time key counts */
+    CLIENT(GET, "/sync", MX_ROUTE_USER, MX_BODY_NONE, mx_api_sync),
+    ROOT(POST, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", MX_ROUTE_USER, MX_BODY_NONE,
+         mx_api_sliding_sync),
+
     /* homeserver integration */
     ROOT(DELETE, "/_mxkeys/admin/v1/users/{userId}/devices/{deviceId}", MX_ROUTE_ADMIN, MX_BODY_NONE,
          mx_api_admin_delete_device),

@@ -58,6 +58,8 @@ static const setting_t settings[] = {
     {"auth", KIND_AUTH, FIELD(auth_mode), "local", "local (tokens minted by `mxkeysd token create`) or homeserver"},
     {"homeserver-url", KIND_URL, FIELD(homeserver_url), "none",
      "http://host[:port][/prefix], required by --auth homeserver"},
+    {"homeserver-timeout-ms", KIND_POSITIVE, FIELD(homeserver_timeout_ms), "10000",
+     "bound on one request forwarded to the homeserver (beyond a /sync long-poll's own timeout)"},
     {"token-cache-ms", KIND_NONNEGATIVE, FIELD(token_cache_ms), "60000", "how long a resolved token is cached"},
     {"token-negative-ms", KIND_NONNEGATIVE, FIELD(token_negative_ms), "2000", "how long a failed look-up is cached"},
     {"admin-token", KIND_STRING, FIELD(admin_token), "none: admin API disabled", "bearer token for the admin API"},
@@ -90,6 +92,7 @@ void mx_config_defaults(mx_config_t *cfg)
     cfg->max_otks_per_device = 500;
     cfg->auth_mode = MX_AUTH_LOCAL;
     cfg->homeserver_url = NULL;
+    cfg->homeserver_timeout_ms = 10000;
     cfg->token_cache_ms = 60000;
     cfg->token_negative_ms = 2000;
     cfg->admin_token = NULL;

@@ -7,7 +7,7 @@
 #include "mxkeys/db.h"
 #include "mxkeys/offload.h"
 
-static const int status_slots[] = {200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 503};
+static const int status_slots[] = {200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504};
 #define NSTATUS (sizeof(status_slots) / sizeof(status_slots[0]) + 1) /* last: any other status */
 
 static const double bucket_le[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10};

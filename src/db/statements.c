@@ -6,5 +6,6 @@ const mx_stmt_def_t mx_stmt_defs[MX_STMT__COUNT] = {
 #include "mxkeys/sql/keys.def"
 #include "mxkeys/sql/cross_signing.def"
 #include "mxkeys/sql/room_keys.def"
+#include "mxkeys/sql/sidecar.def"
 #undef MX_STMT
 };

@@ -35,6 +35,8 @@ static void on_call_dispose(void *p)
         *call->_offload_owner = NULL;
         call->_offload_owner = NULL;
     }
+    if (h2o_timeout_is_linked(&call->_later))
+        h2o_timeout_unlink(&call->_later);
     if (call->_auth != NULL && call->_auth->pending) {
         mx_auth_cancel(&call->_auth->waiter);
         call->_auth->pending = false;
@@ -149,6 +151,12 @@ static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, s
 {
     mx_call_t *call = owner;
     call->_job = NULL;
+    if (status != MX_DB_OK && call->_db_quiet) {
+        call->_db_quiet = false;
+        call->_db_cb(call, NULL, 0);
+        return;
+    }
+    call->_db_quiet = false;
     if (status != MX_DB_OK) {
         db_unavailable(call);
         return;
@@ -173,6 +181,30 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
         db_unavailable(call);
         return -1;
     }
+}
+
+static void on_later(h2o_timeout_entry_t *entry)
+{
+    mx_call_t *call = H2O_STRUCT_FROM_MEMBER(mx_call_t, _later, entry);
+    call->_later_cb(call);
+}
+
+void mx_call_later(mx_call_t *call, void (*cb)(mx_call_t *call))
+{
+    call->_later_cb = cb;
+    call->_later.cb = on_later;
+    h2o_timeout_link(call->worker->loop, &call->worker->later_timeout, &call->_later);
+}
+
+int mx_call_db_quiet(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb)
+{
+    call->_db_cb = cb;
+    call->_db_quiet = true;
+    if (mx_db_submit(call->worker->db, stmts, nstmts, on_call_db, call, &call->_job) != MX_DB_OK) {
+        call->_db_quiet = false;
+        return -1;
+    }
+    return 0;
 }
 
 bool mx_call_offload(mx_call_t *call, mx_offload_job_t *job, mx_call_t **owner)
@@ -263,7 +295,7 @@ static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const cha
 }
 
 /* The access token from `Authorization: Bearer` or, for old clients, the `access_token` query parameter. */
-static const char *find_token(mx_call_t *call, size_t *len)
+const char *mx_call_access_token(mx_call_t *call, size_t *len)
 {
     h2o_req_t *req = call->req;
     ssize_t i = h2o_find_header(&req->headers, H2O_TOKEN_AUTHORIZATION, -1);
@@ -300,7 +332,7 @@ static void authorise(mx_call_t *call)
             mx_call_error(call, MX_ERR_FORBIDDEN, "the admin API is disabled (start mxkeysd with --admin-token)");
             return;
         }
-        if ((token = find_token(call, &len)) == NULL) {
+        if ((token = mx_call_access_token(call, &len)) == NULL) {
             mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing admin access token");
             return;
         }
@@ -315,7 +347,7 @@ static void authorise(mx_call_t *call)
         return;
     }
     case MX_ROUTE_USER:
-        if ((token = find_token(call, &len)) == NULL) {
+        if ((token = mx_call_access_token(call, &len)) == NULL) {
             mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing access token");
             return;
         }

@@ -39,8 +39,12 @@ static const char *reason_phrase(int status)
         return "Too Many Requests";
     case 500:
         return "Internal Server Error";
+    case 502:
+        return "Bad Gateway";
     case 503:
         return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
     default:
         return "Unknown";
     }
@@ -124,6 +128,13 @@ void mx_call_respond_typed(mx_call_t *call, int status, const char *content_type
     send_body(call->req, status, content_type, strlen(content_type), body, len);
 }
 
+void mx_call_add_header(mx_call_t *call, const char *name, size_t name_len, const char *value, size_t value_len)
+{
+    h2o_req_t *req = call->req;
+    h2o_iovec_t n = h2o_strdup(&req->pool, name, name_len), v = h2o_strdup(&req->pool, value, value_len);
+    h2o_add_header_by_str(&req->pool, &req->res.headers, n.base, n.len, 1, NULL, v.base, v.len);
+}
+
 void mx_call_respond(mx_call_t *call, int status, const char *json, size_t len)
 {
     mx_call_respond_status(call, status, json, len);
@@ -205,7 +216,8 @@ void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generato
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     add_cors(req);
-    h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    if (h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1) < 0)
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
     h2o_start_response(req, generator);
 }
 

@@ -16,6 +16,8 @@
 #include "mxkeys/db.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/upstream.h"
+#include "mxkeys/call.h"
 
 /* Defined in call.c: the single h2o handler that routes every request. */
 int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req);
@@ -91,6 +93,16 @@ static void *worker_main(void *arg)
     /* Published with a release store: /metrics on other workers reads it. */
     __atomic_store_n(&w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth),
                      __ATOMIC_RELEASE);
+    h2o_timeout_init(w->loop, &w->later_timeout, MX_CALL_LATER_MS);
+    if (cfg->auth_mode == MX_AUTH_HOMESERVER) {
+        char err[256];
+        if ((w->homeserver =
+                 mx_upstream_new(w->loop, cfg->homeserver_url, cfg->homeserver_timeout_ms, err, sizeof(err))) == NULL) {
+            mx_error("worker %u: %s", w->index, err);
+            atomic_store(&server->stopping, true);
+            return NULL;
+        }
+    }
     w->auth = mx_auth_new(w->loop, cfg, w->db);
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (w->db == NULL || w->auth == NULL || fd < 0) {
@@ -175,6 +187,7 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
         mx_worker_t *w = &server->workers[i];
         mx_auth_free(w->auth);
         mx_db_pool_free(w->db);
+        mx_upstream_free(w->homeserver);
     }
     mx_offload_pool_free(server->offload);
     return 0;
