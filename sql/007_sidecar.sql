@@ -26,7 +26,8 @@ BEGIN
     DELETE FROM identity_writes_pending
     WHERE user_id = ANY (p_users) AND expires_at < clock_timestamp() - interval '1 minute';
     INSERT INTO identity_writes_pending (user_id, write_id, expires_at)
-    SELECT DISTINCT u, id, clock_timestamp() + make_interval(secs => p_ttl_ms / 1000.0) FROM unnest(p_users) u;
+    SELECT u, id, clock_timestamp() + make_interval(secs => p_ttl_ms / 1000.0)
+    FROM (SELECT DISTINCT u FROM unnest(p_users) u) d;
     RETURN id;
 END $$;
 

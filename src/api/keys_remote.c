@@ -198,6 +198,7 @@ void mx_keys_remote_failures(const json_t *answer, const char *remote, const cha
         mx_jw_init(&jw, out);
         mx_jw_string(&jw, server);
         mx_buf_putc(out, ':');
+        mx_jw_init(&jw, out); /* a fresh writer: the value after the name needs no comma */
         mx_jw_object_begin(&jw);
         mx_jw_key(&jw, "errcode");
         mx_jw_string(&jw, "M_UNKNOWN");

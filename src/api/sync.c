@@ -78,7 +78,11 @@ static void on_proceed(h2o_generator_t *generator, h2o_req_t *req)
     (void)req;
     sync_t *s = (sync_t *)generator;
     s->sending = false;
-    mx_buf_reset(&s->out[s->send]);
+    /* a chunk grown past the usual size is given back rather than kept for the rest of the answer */
+    if (s->out[s->send].cap > 2 * HIGH_WATER)
+        mx_buf_free(&s->out[s->send]);
+    else
+        mx_buf_reset(&s->out[s->send]);
     if (s->paused && s->out[!s->send].len < LOW_WATER && s->up != NULL) {
         s->paused = false;
         mx_upstream_resume(s->up);

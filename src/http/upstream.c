@@ -8,6 +8,7 @@
 #include "mxkeys/upstream.h"
 #include <h2o/http1client.h>
 #include <netdb.h>
+#include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #define POOL_CAPACITY 4096 /* h2o 2.2.5 does not enforce it; callers bound their own concurrency */
 #define IDLE_KEEPALIVE_MS 30000
 #define SWEEP_MS 100
+#define LONG_POLL_RCVBUF (128 << 10)
 /* h2o's own I/O timeout: only a backstop, since our deadlines are shorter. */
 #define IO_BACKSTOP_MS (3600u * 1000u)
 
@@ -290,10 +292,17 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *http, const char *e
         fail(req, MX_UPSTREAM_UNREACHABLE, errstr);
         return NULL;
     }
-    /* A reused connection keeps the read buffer of its last answer; a held long-poll need not hold it meanwhile. */
-    if (req->long_poll && http->sock->input->size == 0 && http->sock->input->bytes != NULL) {
-        h2o_buffer_dispose(&http->sock->input);
-        h2o_buffer_init(&http->sock->input, &h2o_socket_buffer_prototype);
+    if (req->long_poll) {
+        /* A reused connection keeps the read buffer of its last answer; a held long-poll need not hold it
+         * meanwhile. */
+        if (http->sock->input->size == 0 && http->sock->input->bytes != NULL) {
+            h2o_buffer_dispose(&http->sock->input);
+            h2o_buffer_init(&http->sock->input, &h2o_socket_buffer_prototype);
+        }
+        /* h2o reads until the kernel has nothing left, growing the buffer to match: a small receive buffer bounds
+         * what one read of a large answer (a 50 MB initial sync) brings in, and so what pausing has to hold. */
+        int size = LONG_POLL_RCVBUF;
+        (void)setsockopt(h2o_socket_get_fd(http->sock), SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     }
     *reqbufs = req->bufs;
     *reqbufcnt = req->bufs[1].len ? 2 : 1;
