@@ -30,8 +30,10 @@ struct st_mx_auth_waiter_t {
     mx_auth_cb cb;
 };
 
-/** Creates the per-worker resolver. */
-mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db);
+struct st_mx_upstream_t;
+/** Creates the per-worker resolver; homeserver mode asks through `homeserver` (borrowed). */
+mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db,
+                       struct st_mx_upstream_t *homeserver);
 void mx_auth_free(mx_auth_t *auth);
 /** Resolves `token`; `waiter->cb` runs exactly once, possibly before this returns (cache hit), unless cancelled. */
 void mx_auth_resolve(mx_auth_t *auth, const char *token, size_t len, mx_auth_waiter_t *waiter);

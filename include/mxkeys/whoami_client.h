@@ -1,9 +1,10 @@
-/* Outbound HTTP client for the homeserver's GET /_matrix/client/v3/account/whoami, on the worker's own loop. */
+/* The homeserver's GET /_matrix/client/v3/account/whoami, asked on the worker's own loop. */
 #ifndef MXKEYS_WHOAMI_CLIENT_H
 #define MXKEYS_WHOAMI_CLIENT_H
 
 #define H2O_USE_LIBUV 0
 #include <h2o.h>
+#include "mxkeys/upstream.h"
 
 typedef struct st_mx_whoami_client_t mx_whoami_client_t;
 typedef struct st_mx_whoami_req_t mx_whoami_req_t;
@@ -17,12 +18,9 @@ typedef enum en_mx_whoami_status_t {
 /** user_id/device_id valid only during the call; device_id may be NULL (appservice users). */
 typedef void (*mx_whoami_cb)(void *data, mx_whoami_status_t status, const char *user_id, const char *device_id);
 
-/**
- * Creates a client for `homeserver_url` ("http://host:port", optional path prefix). Returns NULL with a reason
- * when the URL is not usable (https is refused: put the homeserver's plain-HTTP listener or a local proxy there).
- */
-mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms, char *err,
-                                         size_t errlen);
+/** Creates a client asking through `up` (the worker's homeserver client, borrowed), each look-up bounded by
+ * `timeout_ms`. NULL when memory runs out. */
+mx_whoami_client_t *mx_whoami_client_new(mx_upstream_t *up, unsigned timeout_ms);
 void mx_whoami_client_free(mx_whoami_client_t *client);
 /**
  * Starts a look-up. Returns 0 and stores the handle in `*handle` before anything can call back; `cb` then runs exactly

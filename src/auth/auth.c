@@ -62,7 +62,8 @@ void mx_token_hash_hex(const char *token, size_t len, char out[65])
     sodium_bin2hex(out, 65, h, sizeof(h));
 }
 
-mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db)
+mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db,
+                       struct st_mx_upstream_t *homeserver)
 {
     mx_auth_t *auth = calloc(1, sizeof(*auth));
     if (auth == NULL)
@@ -78,10 +79,8 @@ mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_
     if (auth->slots == NULL)
         goto failed;
     if (config->auth_mode == MX_AUTH_HOMESERVER) {
-        char err[256];
-        auth->whoami = mx_whoami_client_new(loop, config->homeserver_url, 5000, err, sizeof(err));
-        if (auth->whoami == NULL) {
-            mx_error("auth: %s", err);
+        if (homeserver == NULL || (auth->whoami = mx_whoami_client_new(homeserver, 5000)) == NULL) {
+            mx_error("auth: no client for the homeserver");
             goto failed;
         }
     }

@@ -1,132 +1,51 @@
-/* GET {homeserver}/_matrix/client/v3/account/whoami with h2o 2.2.5's HTTP/1 client, on the worker's loop.
- * The homeserver's address is resolved once when the worker starts, so look-ups need no resolver thread; the socket
- * pool keeps connections to the homeserver alive between look-ups. */
+/* GET {homeserver}/_matrix/client/v3/account/whoami on the worker's upstream client (mxkeys/upstream.h), which
+ * owns the connection pool, the deadline and the one retry on a kept-alive connection closed under us. */
 #include "mxkeys/whoami_client.h"
-#include <h2o/http1client.h>
 #include <jansson.h>
 #include <stdbool.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "mxkeys/buf.h"
 #include "mxkeys/log.h"
+#include <sodium.h>
 
 #define WHOAMI_PATH "/_matrix/client/v3/account/whoami"
 #define MAX_ANSWER_BYTES 65536
-#define POOL_CAPACITY 64
-#define IDLE_KEEPALIVE_MS 30000
 
 struct st_mx_whoami_client_t {
-    h2o_evloop_t *loop;
-    h2o_socketpool_t sockpool;
-    h2o_timeout_t io_timeout;
-    h2o_http1client_ctx_t ctx;
-    char host[300]; /* Host header value */
-    char path[600]; /* prefix + WHOAMI_PATH */
+    mx_upstream_t *up;
+    unsigned timeout_ms;
 };
 
 struct st_mx_whoami_req_t {
     mx_whoami_client_t *client;
-    h2o_http1client_t *http;
+    mx_upstream_req_t *up;
     mx_whoami_cb cb;
     void *data;
     int status;
-    bool retried;
-    h2o_iovec_t request; /* malloc'd request head: must live until written */
+    mx_buf_t body;
 };
 
-/* Splits "http://host[:port][/prefix]". Returns 0 or -1 with a reason. */
-static int parse_url(const char *url, char *host, size_t hostlen, char *port, size_t portlen, char *prefix,
-                     size_t prefixlen, char *err, size_t errlen)
+mx_whoami_client_t *mx_whoami_client_new(mx_upstream_t *up, unsigned timeout_ms)
 {
-    if (strncmp(url, "https://", 8) == 0) {
-        snprintf(err, errlen,
-                 "--homeserver-url %s: https is not supported; give an http:// URL: the homeserver's plain-HTTP "
-                 "listener or a local TLS-terminating proxy",
-                 url);
-        return -1;
-    }
-    if (strncmp(url, "http://", 7) != 0) {
-        snprintf(err, errlen, "--homeserver-url %s: expected http://host[:port]", url);
-        return -1;
-    }
-    const char *h = url + 7, *slash = strchr(h, '/');
-    size_t authority = slash ? (size_t)(slash - h) : strlen(h);
-    const char *colon = NULL;
-    if (h[0] == '[') {
-        const char *close = memchr(h, ']', authority);
-        if (close == NULL)
-            goto bad;
-        if ((size_t)(close - h) + 1 < authority && close[1] == ':')
-            colon = close + 1;
-        snprintf(host, hostlen, "%.*s", (int)(close - h - 1), h + 1);
-    } else {
-        colon = memchr(h, ':', authority);
-        snprintf(host, hostlen, "%.*s", (int)(colon ? (size_t)(colon - h) : authority), h);
-    }
-    if (colon != NULL)
-        snprintf(port, portlen, "%.*s", (int)(h + authority - colon - 1), colon + 1);
-    else
-        snprintf(port, portlen, "80");
-    snprintf(prefix, prefixlen, "%s", slash ? slash : "");
-    size_t plen = strlen(prefix);
-    while (plen > 0 && prefix[plen - 1] == '/')
-        prefix[--plen] = '\0';
-    if (host[0] == '\0' || port[0] == '\0')
-        goto bad;
-    return 0;
-bad:
-    snprintf(err, errlen, "--homeserver-url %s: cannot parse the host and port", url);
-    return -1;
-}
-
-mx_whoami_client_t *mx_whoami_client_new(h2o_evloop_t *loop, const char *homeserver_url, unsigned timeout_ms, char *err,
-                                         size_t errlen)
-{
-    char host[256], port[16], prefix[512];
-    if (homeserver_url == NULL) {
-        snprintf(err, errlen, "--auth homeserver needs --homeserver-url");
-        return NULL;
-    }
-    if (parse_url(homeserver_url, host, sizeof(host), port, sizeof(port), prefix, sizeof(prefix), err, errlen) != 0)
-        return NULL;
-    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *res;
-    int rc = getaddrinfo(host, port, &hints, &res);
-    if (rc != 0) {
-        snprintf(err, errlen, "--homeserver-url %s: %s", homeserver_url, gai_strerror(rc));
-        return NULL;
-    }
     mx_whoami_client_t *c = calloc(1, sizeof(*c));
-    if (c == NULL) {
-        freeaddrinfo(res);
-        snprintf(err, errlen, "out of memory");
+    if (c == NULL)
         return NULL;
-    }
-    c->loop = loop;
-    h2o_socketpool_init_by_address(&c->sockpool, res->ai_addr, res->ai_addrlen, 0, POOL_CAPACITY);
-    freeaddrinfo(res);
-    h2o_socketpool_set_timeout(&c->sockpool, loop, IDLE_KEEPALIVE_MS);
-    h2o_timeout_init(loop, &c->io_timeout, timeout_ms);
-    c->ctx.loop = loop;
-    c->ctx.io_timeout = &c->io_timeout;
-    snprintf(c->host, sizeof(c->host), strchr(host, ':') ? "[%s]:%s" : "%s:%s", host, port);
-    snprintf(c->path, sizeof(c->path), "%s%s", prefix, WHOAMI_PATH);
+    c->up = up;
+    c->timeout_ms = timeout_ms;
     return c;
 }
 
 void mx_whoami_client_free(mx_whoami_client_t *c)
 {
-    if (c == NULL)
-        return;
-    h2o_socketpool_dispose(&c->sockpool);
-    h2o_timeout_dispose(c->loop, &c->io_timeout);
     free(c);
 }
 
 static void finish(mx_whoami_req_t *req, mx_whoami_status_t status, const char *user_id, const char *device_id)
 {
     req->cb(req->data, status, user_id, device_id);
-    free(req->request.base);
+    mx_buf_free(&req->body);
     free(req);
 }
 
@@ -206,71 +125,37 @@ static void conclude(mx_whoami_req_t *req, const char *body, size_t len)
     json_decref(v);
 }
 
-static int on_body(h2o_http1client_t *http, const char *errstr)
+static int on_head(void *data, int status, const h2o_header_t *headers, size_t nheaders)
 {
-    mx_whoami_req_t *req = http->data;
-    h2o_buffer_t *in = http->sock->input;
-    /* The body accumulates in the socket's input buffer (nothing consumes it) until the end of the answer. */
-    if (errstr == NULL) {
-        if (in->size <= MAX_ANSWER_BYTES)
-            return 0;
-        unavailable(req, "answer too large");
-        return -1; /* h2o closes the client */
-    }
-    if (errstr != h2o_http1client_error_is_eos) {
-        unavailable(req, errstr);
-        return -1;
-    }
-    conclude(req, in->bytes, in->size);
+    (void)headers, (void)nheaders;
+    ((mx_whoami_req_t *)data)->status = status;
     return 0;
 }
 
-static void start(mx_whoami_req_t *req);
-
-static h2o_http1client_body_cb on_head(h2o_http1client_t *http, const char *errstr, int minor_version, int status,
-                                       h2o_iovec_t msg, h2o_header_t *headers, size_t num_headers, int rlen)
+static int on_body(void *data, const char *bytes, size_t len, bool final)
 {
-    (void)minor_version, (void)msg, (void)headers, (void)num_headers, (void)rlen;
-    mx_whoami_req_t *req = http->data;
-    if (errstr != NULL && errstr != h2o_http1client_error_is_eos) {
-        /* A pooled keep-alive connection the homeserver closed just as we sent fails here without an answer: try once
-         * more on a fresh connection (whoami is idempotent). A timeout is not retried: it would double the wait. */
-        if (!req->retried && strcmp(errstr, "I/O timeout") != 0) {
-            req->retried = true;
-            start(req); /* h2o closes this attempt's client after we return */
-            return NULL;
-        }
-        unavailable(req, errstr);
-        return NULL;
+    mx_whoami_req_t *req = data;
+    if (req->body.len + len > MAX_ANSWER_BYTES) {
+        req->up = NULL;
+        unavailable(req, "answer too large");
+        return -1;
     }
-    req->status = status;
-    if (errstr == h2o_http1client_error_is_eos) { /* no body (204, 304) */
-        conclude(req, "", 0);
-        return NULL;
+    mx_buf_append(&req->body, bytes, len);
+    if (final) {
+        req->up = NULL;
+        conclude(req, req->body.data ? req->body.data : "", req->body.len);
     }
-    return on_body;
+    return 0;
 }
 
-static h2o_http1client_head_cb on_connect(h2o_http1client_t *http, const char *errstr, h2o_iovec_t **reqbufs,
-                                          size_t *reqbufcnt, int *method_is_head)
+static void on_error(void *data, mx_upstream_error_t kind, const char *why)
 {
-    mx_whoami_req_t *req = http->data;
-    if (errstr != NULL) {
-        unavailable(req, errstr);
-        return NULL;
-    }
-    *reqbufs = &req->request;
-    *reqbufcnt = 1;
-    *method_is_head = 0;
-    return on_head;
+    mx_whoami_req_t *req = data;
+    req->up = NULL;
+    unavailable(req, kind == MX_UPSTREAM_TIMEOUT ? "I/O timeout" : why);
 }
 
-/* May call back before it returns (a pooled socket is handed over at once; a connect can fail at once). */
-static void start(mx_whoami_req_t *req)
-{
-    mx_whoami_client_t *c = req->client;
-    h2o_http1client_connect_with_pool(&req->http, req, &c->ctx, &c->sockpool, on_connect);
-}
+static const mx_upstream_handlers_t handlers = {on_head, on_body, on_error};
 
 int mx_whoami_lookup(mx_whoami_client_t *c, const char *token, size_t len, mx_whoami_cb cb, void *data,
                      mx_whoami_req_t **handle)
@@ -280,28 +165,39 @@ int mx_whoami_lookup(mx_whoami_client_t *c, const char *token, size_t len, mx_wh
         if ((unsigned char)token[i] < 0x21 || (unsigned char)token[i] > 0x7e)
             return -1;
     mx_whoami_req_t *req = calloc(1, sizeof(*req));
-    if (req == NULL)
+    char *auth = malloc(len + 8);
+    if (req == NULL || auth == NULL) {
+        free(req);
+        free(auth);
         return -1;
+    }
+    memcpy(auth, "Bearer ", 7);
+    memcpy(auth + 7, token, len);
     req->client = c;
     req->cb = cb;
     req->data = data;
-    int n = asprintf(&req->request.base,
-                     "GET %s HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %.*s\r\nAccept: application/json\r\n"
-                     "User-Agent: mxkeysd\r\n\r\n",
-                     c->path, c->host, (int)len, token);
-    if (n < 0) {
+    mx_upstream_spec_t spec = {.method = "GET",
+                               .target = WHOAMI_PATH,
+                               .target_len = strlen(WHOAMI_PATH),
+                               .headers = {{"Authorization", auth, 13, len + 7}, {"Accept", "application/json", 6, 16}},
+                               .nheaders = 2,
+                               .deadline_ms = c->timeout_ms,
+                               .retry_safe = true};
+    *handle = req;
+    int rc = mx_upstream_start(c->up, &spec, &handlers, req, &req->up);
+    sodium_memzero(auth, len + 7);
+    free(auth);
+    if (rc != 0) {
         free(req);
         return -1;
     }
-    req->request.len = (size_t)n;
-    *handle = req;
-    start(req);
     return 0;
 }
 
 void mx_whoami_cancel(mx_whoami_req_t *req)
 {
-    h2o_http1client_cancel(req->http);
-    free(req->request.base);
+    if (req->up != NULL)
+        mx_upstream_cancel(req->up);
+    mx_buf_free(&req->body);
     free(req);
 }

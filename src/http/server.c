@@ -103,7 +103,7 @@ static void *worker_main(void *arg)
             return NULL;
         }
     }
-    w->auth = mx_auth_new(w->loop, cfg, w->db);
+    w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver);
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (w->db == NULL || w->auth == NULL || fd < 0) {
         mx_error("worker %u: start-up failed", w->index);
