@@ -20,6 +20,7 @@ typedef struct st_mx_upstream_req_t mx_upstream_req_t;
 typedef enum en_mx_upstream_error_t {
     MX_UPSTREAM_UNREACHABLE, /* connect failed, connection dropped, unparsable answer: a Matrix 502 */
     MX_UPSTREAM_TIMEOUT,     /* the deadline passed: a Matrix 504 */
+    MX_UPSTREAM_SHUTDOWN,    /* mxkeys is stopping (mx_upstream_end_long_polls): a 503 to retry elsewhere */
 } mx_upstream_error_t;
 
 typedef struct st_mx_upstream_handlers_t {
@@ -80,6 +81,9 @@ void mx_upstream_cancel(mx_upstream_req_t *req);
  * body. */
 void mx_upstream_pause(mx_upstream_req_t *req);
 void mx_upstream_resume(mx_upstream_req_t *req);
+/** Ends every long-poll still waiting for its answer's head with MX_UPSTREAM_SHUTDOWN: a stopping worker should
+ * not hold its drain for the length of the clients' polls. */
+void mx_upstream_end_long_polls(mx_upstream_t *up);
 /** Figures for /metrics (read from another thread: relaxed, may be torn). */
 void mx_upstream_stats(const mx_upstream_t *up, mx_upstream_stats_t *out);
 /** Time now on the client's loop, in milliseconds. */

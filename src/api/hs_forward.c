@@ -165,6 +165,8 @@ void mx_hs_error(mx_call_t *call, const mx_hs_answer_t *a)
 {
     if (a->error == MX_UPSTREAM_TIMEOUT)
         mx_call_error(call, MX_ERR_HS_TIMEOUT, "the homeserver did not answer in time");
+    else if (a->error == MX_UPSTREAM_SHUTDOWN)
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, "\"retry_after_ms\":1000", "mxkeys is restarting; try again");
     else
         mx_call_error(call, MX_ERR_HS_UNREACHABLE, "the homeserver cannot be reached");
 }

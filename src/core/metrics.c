@@ -6,6 +6,7 @@
 #include "mxkeys/call.h"
 #include "mxkeys/db.h"
 #include "mxkeys/offload.h"
+#include "mxkeys/upstream.h"
 
 static const int status_slots[] = {200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504};
 #define NSTATUS (sizeof(status_slots) / sizeof(status_slots[0]) + 1) /* last: any other status */
@@ -160,6 +161,34 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                   "mxkeys_db_jobs_total{outcome=\"rejected_busy\"} %llu\n",
                   sum.connected, sum.connecting, sum.down, sum.inflight, sum.queue_depth, sum.completed, sum.failed,
                   sum.rejected_busy);
+    if (server->config->auth_mode == MX_AUTH_HOMESERVER) {
+        mx_upstream_stats_t hs = {0};
+        for (unsigned w = 0; w < server->nworkers; w++) {
+            const mx_upstream_t *up = __atomic_load_n(&server->workers[w].homeserver, __ATOMIC_ACQUIRE);
+            if (up == NULL)
+                continue;
+            mx_upstream_stats_t st;
+            mx_upstream_stats(up, &st);
+            hs.requests += st.requests;
+            hs.unreachable += st.unreachable;
+            hs.timeouts += st.timeouts;
+            hs.inflight += st.inflight;
+        }
+        mx_buf_printf(out,
+                      "# HELP mxkeys_homeserver_requests_total Requests sent to the homeserver (whoami, forwarded "
+                      "and mirrored requests, /sync).\n"
+                      "# TYPE mxkeys_homeserver_requests_total counter\n"
+                      "mxkeys_homeserver_requests_total %llu\n"
+                      "# HELP mxkeys_homeserver_failures_total Requests to the homeserver that got no answer.\n"
+                      "# TYPE mxkeys_homeserver_failures_total counter\n"
+                      "mxkeys_homeserver_failures_total{kind=\"unreachable\"} %llu\n"
+                      "mxkeys_homeserver_failures_total{kind=\"timeout\"} %llu\n"
+                      "# HELP mxkeys_homeserver_inflight Requests to the homeserver in flight (held /syncs "
+                      "included).\n"
+                      "# TYPE mxkeys_homeserver_inflight gauge\n"
+                      "mxkeys_homeserver_inflight %u\n",
+                      hs.requests, hs.unreachable, hs.timeouts, hs.inflight);
+    }
     mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
                   server->nworkers);
     if (server->offload != NULL) {

@@ -96,12 +96,13 @@ static void *worker_main(void *arg)
     h2o_timeout_init(w->loop, &w->later_timeout, MX_CALL_LATER_MS);
     if (cfg->auth_mode == MX_AUTH_HOMESERVER) {
         char err[256];
-        if ((w->homeserver =
-                 mx_upstream_new(w->loop, cfg->homeserver_url, cfg->homeserver_timeout_ms, err, sizeof(err))) == NULL) {
+        mx_upstream_t *up = mx_upstream_new(w->loop, cfg->homeserver_url, cfg->homeserver_timeout_ms, err, sizeof(err));
+        if (up == NULL) {
             mx_error("worker %u: %s", w->index, err);
             atomic_store(&server->stopping, true);
             return NULL;
         }
+        __atomic_store_n(&w->homeserver, up, __ATOMIC_RELEASE); /* /metrics on other workers reads it */
     }
     w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver);
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
@@ -128,6 +129,9 @@ static void *worker_main(void *arg)
             stop_accepting(w);
             /* Turns off keep-alive so connections close once their current request is answered. */
             h2o_context_request_shutdown(&w->ctx);
+            /* Held /sync long-polls would keep the drain waiting for their whole timeout: they get a 503 now. */
+            if (w->homeserver != NULL)
+                mx_upstream_end_long_polls(w->homeserver);
             drain_deadline = h2o_now(w->loop) + DRAIN_LIMIT_MS;
         }
         if (w->inflight == 0)

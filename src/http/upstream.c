@@ -181,7 +181,7 @@ static void fail(mx_upstream_req_t *req, mx_upstream_error_t kind, const char *w
 {
     if (kind == MX_UPSTREAM_TIMEOUT)
         BUMP(req->up->stats.timeouts);
-    else
+    else if (kind == MX_UPSTREAM_UNREACHABLE)
         BUMP(req->up->stats.unreachable);
     req->http = NULL;
     if (!req->cancelled) {
@@ -207,6 +207,20 @@ static void on_sweep(h2o_timeout_entry_t *entry)
     }
     if (!h2o_linklist_is_empty(&up->active))
         h2o_timeout_link(up->loop, &up->sweep_timeout, &up->sweep_entry);
+}
+
+void mx_upstream_end_long_polls(mx_upstream_t *up)
+{
+    h2o_linklist_t *l = up->active.next;
+    while (l != &up->active) {
+        mx_upstream_req_t *req = H2O_STRUCT_FROM_MEMBER(mx_upstream_req_t, link, l);
+        l = l->next;
+        if (!req->long_poll || req->in_body)
+            continue;
+        if (req->http != NULL)
+            h2o_http1client_cancel(req->http);
+        fail(req, MX_UPSTREAM_SHUTDOWN, "mxkeys is stopping");
+    }
 }
 
 /* Runs a handler with re-entrant cancels turned into a -1. */

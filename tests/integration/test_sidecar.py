@@ -413,3 +413,36 @@ def test_sliding_sync_e2ee_extension_carries_mxkeys_counts(sidecar):
 def test_sync_in_local_mode_is_not_served(server, login):
     user, device, c = login(server)
     assert_error(c.get(CLIENT_PREFIX + "/sync"), 404, "M_UNRECOGNIZED")
+
+
+def test_stopping_answers_held_long_polls_at_once(sidecar):
+    user, dev, c = sidecar.login()
+    since = c.get(CLIENT_PREFIX + "/sync").json()["next_batch"]
+    out = {}
+
+    def poll():
+        out["r"] = c.get(CLIENT_PREFIX + "/sync", params={"since": since, "timeout": 60000})
+
+    t = threading.Thread(target=poll)
+    t.start()
+    wait = time.monotonic() + 10
+    while time.monotonic() < wait and not any("since=" in r["path"] for r in sidecar.hs.requests):
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert sidecar.server.stop() == 0
+    t.join(30)
+    assert time.monotonic() - started < 10, "the drain does not wait out the poll"
+    body = assert_error(out["r"], 503, "M_UNKNOWN")
+    assert body["retry_after_ms"] > 0
+
+
+def test_homeserver_figures_in_metrics(sidecar):
+    user, dev, c = sidecar.login()
+    assert c.get(CLIENT_PREFIX + "/sync").status_code == 200
+    sidecar.hs.fault("GET", r"/sync$", hang=True, times=1)
+    assert_error(c.get(CLIENT_PREFIX + "/sync", params={"timeout": 0}), 504, "M_UNKNOWN")
+    text = requests.get(sidecar.server.url + "/metrics", timeout=10).text
+    figures = dict(line.rsplit(" ", 1) for line in text.splitlines() if line.startswith("mxkeys_homeserver"))
+    assert int(figures["mxkeys_homeserver_requests_total"]) >= 3
+    assert int(figures['mxkeys_homeserver_failures_total{kind="timeout"}']) == 1
+    assert 'route="/sync",status="504"' in text
