@@ -38,6 +38,18 @@ void mx_api_backup_keys_delete(mx_call_t *call);
 void mx_api_sync(mx_call_t *call);
 void mx_api_sliding_sync(mx_call_t *call);
 
+/* devices.c: login, logout, device deletion and renames, deactivation, forwarded (--auth homeserver) */
+void mx_api_login_flows(mx_call_t *call);
+void mx_api_login(mx_call_t *call);
+void mx_api_logout(mx_call_t *call);
+void mx_api_logout_all(mx_call_t *call);
+void mx_api_devices_list(mx_call_t *call);
+void mx_api_device_get(mx_call_t *call);
+void mx_api_device_update(mx_call_t *call);
+void mx_api_device_delete(mx_call_t *call);
+void mx_api_delete_devices(mx_call_t *call);
+void mx_api_account_deactivate(mx_call_t *call);
+
 /* admin.c: homeserver integration, admin token */
 void mx_api_admin_delete_device(mx_call_t *call);
 void mx_api_admin_delete_user(mx_call_t *call);

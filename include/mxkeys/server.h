@@ -14,6 +14,7 @@ struct st_mx_auth_t;
 struct st_mx_metrics_t;
 struct st_mx_offload_pool_t;
 struct st_mx_upstream_t;
+struct st_mx_revocations_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -39,9 +40,12 @@ typedef struct st_mx_server_t {
     int listen_fd;
     mx_worker_t *workers;
     unsigned nworkers;
-    struct st_mx_offload_pool_t *offload; /* threads for CPU-heavy work (signature checks), shared by the workers */
+    struct st_mx_offload_pool_t *offload;    /* threads for CPU-heavy work (signature checks), shared by the workers */
+    struct st_mx_revocations_t *revocations; /* tokens revoked through mxkeys, shared by the workers */
     atomic_bool stopping;
-    const char *ready_line; /* logged once every worker runs */
+    _Atomic unsigned long long removal_retries;  /* device removals retried after the homeserver's success */
+    _Atomic unsigned long long removal_failures; /* ... that failed every retry */
+    const char *ready_line;                      /* logged once every worker runs */
 } mx_server_t;
 
 /** Binds the listening socket (so a bad --listen fails before anything starts). Returns 0 or -1 with a reason. */

@@ -285,6 +285,10 @@ static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const cha
     case MX_AUTH_UNKNOWN_TOKEN:
         mx_call_error(call, MX_ERR_UNKNOWN_TOKEN, "unrecognised access token");
         return;
+    case MX_AUTH_SOFT_LOGOUT:
+        mx_call_error_extra(call, MX_ERR_UNKNOWN_TOKEN, "\"soft_logout\":true",
+                            "the homeserver no longer accepts this access token: log in again");
+        return;
     case MX_AUTH_BUSY:
         mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100", "server busy; retry shortly");
         return;

@@ -17,6 +17,7 @@
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/upstream.h"
+#include "mxkeys/revocations.h"
 #include "mxkeys/call.h"
 
 /* Defined in call.c: the single h2o handler that routes every request. */
@@ -104,7 +105,9 @@ static void *worker_main(void *arg)
         }
         __atomic_store_n(&w->homeserver, up, __ATOMIC_RELEASE); /* /metrics on other workers reads it */
     }
-    w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver);
+    w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver, server->revocations);
+    if (w->index == 0 && server->revocations != NULL && w->db != NULL)
+        mx_revocations_follow(server->revocations, w->loop, w->db); /* one worker follows other instances' */
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (w->db == NULL || w->auth == NULL || fd < 0) {
         mx_error("worker %u: start-up failed", w->index);
@@ -163,7 +166,10 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     server->nworkers = cfg->workers;
     server->workers = calloc(server->nworkers, sizeof(mx_worker_t));
     server->offload = mx_offload_pool_new(server->nworkers);
-    if (server->workers == NULL || server->offload == NULL)
+    if (cfg->auth_mode == MX_AUTH_HOMESERVER)
+        server->revocations = mx_revocations_new(cfg->token_cache_ms + 60000);
+    if (server->workers == NULL || server->offload == NULL ||
+        (cfg->auth_mode == MX_AUTH_HOMESERVER && server->revocations == NULL))
         return -1;
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];

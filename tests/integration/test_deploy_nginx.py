@@ -253,6 +253,20 @@ TO_MXKEYS += [
      b'{"extensions": {"e2ee": {"enabled": true}}}'),
 ]
 
+# The device lifecycle (sidecar part 2): forwarded by mxkeys, which does its own part first.
+TO_MXKEYS += [
+    ("GET", "/_matrix/client/v3/login", None),
+    ("POST", "/_matrix/client/r0/login", b'{"type": "m.login.password"}'),
+    ("POST", "/_matrix/client/v3/logout", b"{}"),
+    ("POST", "/_matrix/client/v3/logout/all", b"{}"),
+    ("GET", "/_matrix/client/v3/devices", None),
+    ("GET", "/_matrix/client/r0/devices/ABCDEF", None),
+    ("PUT", "/_matrix/client/v3/devices/ABC%2BDEF", b'{"display_name": "x"}'),
+    ("DELETE", "/_matrix/client/v3/devices/ABCDEF", b"{}"),
+    ("POST", "/_matrix/client/v3/delete_devices", b'{"devices": []}'),
+    ("POST", "/_matrix/client/v3/account/deactivate", b"{}"),
+]
+
 TO_HOMESERVER = [
     ("GET", "/_matrix/client/v3/keysfoo", None),
     ("GET", "/_matrix/client/v3/keys", None),
@@ -267,7 +281,11 @@ TO_HOMESERVER = [
     ("OPTIONS", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", None),
     ("GET", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", None),
     ("POST", "/_matrix/client/unstable/org.matrix.msc3575/sync", b"{}"),
-    ("POST", "/_matrix/client/v3/login", b'{"type": "m.login.password"}'),
+    ("GET", "/_matrix/client/v3/login/sso/redirect?redirectUrl=x", None),
+    ("POST", "/_matrix/client/v3/login/get_token", b"{}"),
+    ("GET", "/_matrix/client/v3/devicesfoo", None),
+    ("DELETE", "/_matrix/client/v3/devices/A/B", None),
+    ("POST", "/_matrix/client/v3/account/password", b"{}"),
     ("GET", "/_matrix/client/versions", None),
     ("GET", "/_matrix/client/v3/account/whoami", None),
     ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.encrypted/txn1", b"{}"),
@@ -361,7 +379,7 @@ def test_metrics_is_not_routed_to_mxkeys(ngx, fresh):
 def test_forwarded_headers(ngx, fresh):
     mx, hs = fresh
     for target, backend in (("/_matrix/client/v3/keys/query", mx), ("/_matrix/client/v3/sync", mx),
-                            ("/_matrix/client/v3/login", hs)):
+                            ("/_matrix/client/versions", hs)):
         send(ngx, "GET", target, headers={"Host": "matrix.example.org:8448", "X-Forwarded-For": "203.0.113.9",
                                           "X-Forwarded-Proto": "https", "Connection": "keep-alive"})
         (rec,) = backend.take()

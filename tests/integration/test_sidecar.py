@@ -446,3 +446,19 @@ def test_homeserver_figures_in_metrics(sidecar):
     assert int(figures["mxkeys_homeserver_requests_total"]) >= 3
     assert int(figures['mxkeys_homeserver_failures_total{kind="timeout"}']) == 1
     assert 'route="/sync",status="504"' in text
+
+
+def test_a_token_in_the_query_string_is_forwarded_once(sidecar):
+    """nio sends its token as ?access_token=; a homeserver refuses it together with an Authorization header."""
+    user, dev, c = sidecar.login()
+    plain = requests.Session()
+    since = sidecar.hs.token()
+    for path, params in ((CLIENT_PREFIX + "/sync", {"access_token": c.token, "timeout": "0"}),
+                         ("/_matrix/client/r0/keys/changes", {"from": since, "to": since, "access_token": c.token})):
+        r = plain.get(sidecar.server.url + path, params=params, timeout=30)
+        assert r.status_code == 200, r.text
+    sent = [r for r in sidecar.hs.requests if "/sync" in r["path"] or "/keys/changes" in r["path"]]
+    assert sent and all("access_token" not in r["path"] for r in sent), "the token moved to the header"
+    assert all(r["headers"]["authorization"] == f"Bearer {c.token}" for r in sent)
+    assert any("timeout=0" in r["path"] for r in sent), "the rest of the query went as it came"
+    plain.close()

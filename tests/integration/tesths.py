@@ -844,6 +844,9 @@ class TestHomeserver:
         if auth:
             if not auth.startswith("Bearer "):
                 raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
+            if "access_token" in query:  # as Synapse does
+                raise MatrixError(401, "M_MISSING_TOKEN",
+                                  "Mixing Authorization headers and access_token query parameters.")
             token = auth[len("Bearer "):].strip()
         elif "access_token" in query:
             token = query["access_token"]
@@ -1383,7 +1386,11 @@ class TestHomeserver:
             return f[1]
 
     def r_pushrules(self, ctx):
-        return {"global": {"content": [], "override": [], "room": [], "sender": [], "underride": []}}
+        # the two server-default underride rules clients expect (matrix-js-sdk warns without them)
+        underride = [{"rule_id": f".m.rule.{name}", "default": True, "enabled": True, "actions": ["notify"],
+                      "conditions": [{"kind": "event_match", "key": "type", "pattern": f"m.room.{name}"}]}
+                     for name in ("message", "encrypted")]
+        return {"global": {"content": [], "override": [], "room": [], "sender": [], "underride": underride}}
 
     def r_account_data_get(self, ctx, user_id, etype):
         self._own(ctx, user_id)
