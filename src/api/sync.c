@@ -192,7 +192,10 @@ static int on_head(void *data, int status, const h2o_header_t *headers, size_t n
         const char *params[2] = {call->user_id, call->device_id};
         mx_db_stmt_t stmt = {.id = MX_STMT_SYNC_KEY_COUNTS, .nparams = 2, .values = params};
         /* read now, not when the poll began: claims made meanwhile count */
-        return mx_call_db(call, &stmt, 1, on_counts) == 0 ? 0 : -1;
+        if (mx_call_db(call, &stmt, 1, on_counts) == 0)
+            return 0;
+        s->up = NULL; /* answered (503); the request is freed when this returns */
+        return -1;
     }
     s->counts_ready = true;
     start_answer(s, status);
@@ -202,8 +205,10 @@ static int on_head(void *data, int status, const h2o_header_t *headers, size_t n
 static int on_body(void *data, const char *bytes, size_t len, bool final)
 {
     sync_t *s = data;
-    if (mx_call_answered(s->call) && !s->started)
-        return -1; /* answered otherwise (the database failed while the counts were read) */
+    if (mx_call_answered(s->call) && !s->started) {
+        s->up = NULL; /* answered otherwise (the database failed while the counts were read): freed on return */
+        return -1;
+    }
     if (final) {
         s->upstream_done = true;
         s->up = NULL; /* freed after this returns */
