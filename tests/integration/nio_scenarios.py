@@ -288,6 +288,13 @@ async def replenish(base_url, hs, claims=30, timeout=STEP_TIMEOUT):
             if len(got) != 1:
                 raise ScenarioError(f"claim answered {r.json()}")
             claimed.extend(got)
+        # nio acts on a /sync only when its next_batch moved (a claim moves no stream): some news, any news, as a
+        # real server has all the time. Here dave changes his account data.
+        r = await asyncio.wait_for(asyncio.to_thread(
+            requests.put, base_url + CLIENT_PREFIX + f"/user/{dave_id}/account_data/org.example.tick",
+            json={"at": time.time()}, headers={"Authorization": f"Bearer {dave_token}"}, timeout=10), timeout)
+        if r.status_code != 200:
+            raise ScenarioError(f"dave's account data failed: {r.status_code} {r.text}")
 
         upload_url = base_url + CLIENT_PREFIX + "/keys/upload"
 

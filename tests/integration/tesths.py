@@ -1386,11 +1386,7 @@ class TestHomeserver:
             return f[1]
 
     def r_pushrules(self, ctx):
-        # the two server-default underride rules clients expect (matrix-js-sdk warns without them)
-        underride = [{"rule_id": f".m.rule.{name}", "default": True, "enabled": True, "actions": ["notify"],
-                      "conditions": [{"kind": "event_match", "key": "type", "pattern": f"m.room.{name}"}]}
-                     for name in ("message", "encrypted")]
-        return {"global": {"content": [], "override": [], "room": [], "sender": [], "underride": underride}}
+        return {"global": {"content": [], "override": [], "room": [], "sender": [], "underride": []}}
 
     def r_account_data_get(self, ctx, user_id, etype):
         self._own(ctx, user_id)
