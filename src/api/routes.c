@@ -49,6 +49,11 @@ const mx_route_t mx_routes[] = {
     ROOT(POST, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", MX_ROUTE_USER, MX_BODY_NONE,
          mx_api_sliding_sync),
 
+    /* federation: other servers claiming our users' one-time keys */
+    ROOT(POST, "/_matrix/federation/v1/user/keys/claim", MX_ROUTE_SERVER, MX_BODY_OBJECT, mx_api_federation_claim),
+    ROOT(POST, "/_matrix/federation/unstable/user/keys/claim", MX_ROUTE_PUBLIC, MX_BODY_NONE,
+         mx_api_federation_claim_unstable),
+
     /* homeserver integration */
     ROOT(DELETE, "/_mxkeys/admin/v1/users/{userId}/devices/{deviceId}", MX_ROUTE_ADMIN, MX_BODY_NONE,
          mx_api_admin_delete_device),
