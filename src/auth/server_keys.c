@@ -309,6 +309,15 @@ static void on_query_done(fetch_t *f, const char *error)
         size_t n = mx_server_keys_list(obj, keys, 16);
         for (size_t k = 0; k < n; k++)
             cache_key(sk, p->server, &keys[k], until);
+        /* a key the server has since retired stops authenticating here at once, not when its old copy expires */
+        const char *old_id;
+        json_t *unused;
+        json_object_foreach(json_object_get(obj, "old_verify_keys"), old_id, unused)
+        {
+            entry_t *e = cache_find(sk, p->server, old_id);
+            if (e != NULL && e->ok)
+                cache_refusal(sk, p->server, old_id, "a key the server has retired (now in its old_verify_keys)");
+        }
         uint8_t found[MX_ED25519_PUBLIC_KEY_BYTES];
         mx_server_key_find_t r = mx_server_keys_find(obj, p->key_id, found);
         if (r == MX_SERVER_KEY_CURRENT) {
