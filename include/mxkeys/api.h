@@ -18,6 +18,14 @@ void mx_api_keys_query(mx_call_t *call);
 void mx_api_keys_claim(mx_call_t *call);
 void mx_api_keys_changes(mx_call_t *call);
 void mx_api_stream_position(mx_call_t *call);
+/** One user's device id -> algorithm map of a claim, checked; returns the number of devices or -1 after answering. */
+long mx_keys_claim_check_devices(mx_call_t *call, const char *user, const json_t *devices);
+
+/* federation_claim.c: other servers claiming our users' one-time keys (X-Matrix authenticated) */
+void mx_api_federation_claim(mx_call_t *call);
+void mx_api_federation_claim_unstable(mx_call_t *call);
+/** Appends the federation figures to /metrics (nothing when federation is off). */
+void mx_api_federation_metrics(const mx_server_t *server, mx_buf_t *out);
 
 /* cross_signing.c */
 void mx_api_device_signing_upload(mx_call_t *call);

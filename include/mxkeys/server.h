@@ -15,6 +15,7 @@ struct st_mx_metrics_t;
 struct st_mx_offload_pool_t;
 struct st_mx_upstream_t;
 struct st_mx_revocations_t;
+struct st_mx_server_keys_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -28,6 +29,8 @@ typedef struct st_mx_worker_t {
     struct st_mx_auth_t *auth;
     struct st_mx_metrics_t *metrics;
     struct st_mx_upstream_t *homeserver;     /* --auth homeserver: this worker's client of the homeserver, else NULL */
+    struct st_mx_upstream_t *federation;     /* the homeserver's federation listener, when not `homeserver`'s URL */
+    struct st_mx_server_keys_t *server_keys; /* other servers' keys via the homeserver as notary, else NULL */
     h2o_timeout_t later_timeout;             /* mx_call_later's short waits */
     h2o_multithread_receiver_t offload_done; /* where this worker's offloaded jobs come back */
     size_t inflight;                         /* requests accepted by the router and not yet answered */

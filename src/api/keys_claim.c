@@ -55,7 +55,7 @@ static void on_claimed(mx_call_t *call, PGresult **results, size_t n)
 }
 
 /* one_time_keys[user]: device id -> algorithm. Counts each device. */
-static long check_algorithms(mx_call_t *call, const char *user, const json_t *devices)
+long mx_keys_claim_check_devices(mx_call_t *call, const char *user, const json_t *devices)
 {
     const char *device;
     json_t *algorithm;
@@ -79,7 +79,7 @@ void mx_api_keys_claim(mx_call_t *call)
     claim_t *c = mx_call_alloc(call, sizeof(*c));
     memset(c, 0, sizeof(*c));
     const char *wanted =
-        mx_keys_split_request(call, "one_time_keys", "user id -> device id -> algorithm", check_algorithms,
+        mx_keys_split_request(call, "one_time_keys", "user id -> device id -> algorithm", mx_keys_claim_check_devices,
                               &c->failures, mx_mirror_enabled(call) ? &c->remote : NULL);
     if (wanted == NULL)
         return;

@@ -61,6 +61,11 @@ const mx_route_t mx_routes[] = {
     CLIENT(POST, "/delete_devices", MX_ROUTE_USER, MX_BODY_OBJECT, mx_api_delete_devices),
     CLIENT(POST, "/account/deactivate", MX_ROUTE_USER, MX_BODY_NONE, mx_api_account_deactivate),
 
+    /* federation: other servers claiming our users' one-time keys */
+    ROOT(POST, "/_matrix/federation/v1/user/keys/claim", MX_ROUTE_SERVER, MX_BODY_OBJECT, mx_api_federation_claim),
+    ROOT(POST, "/_matrix/federation/unstable/user/keys/claim", MX_ROUTE_PUBLIC, MX_BODY_NONE,
+         mx_api_federation_claim_unstable),
+
     /* homeserver integration */
     ROOT(DELETE, "/_mxkeys/admin/v1/users/{userId}/devices/{deviceId}", MX_ROUTE_ADMIN, MX_BODY_NONE,
          mx_api_admin_delete_device),

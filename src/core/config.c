@@ -59,6 +59,11 @@ static const setting_t settings[] = {
     {"auth", KIND_AUTH, FIELD(auth_mode), "local", "local (tokens minted by `mxkeysd token create`) or homeserver"},
     {"homeserver-url", KIND_URL, FIELD(homeserver_url), "none",
      "http://host[:port][/prefix], required by --auth homeserver"},
+    {"homeserver-federation-url", KIND_URL, FIELD(homeserver_federation_url), "--homeserver-url",
+     "http://host[:port] of the homeserver's federation listener: the notary for other servers' keys when they "
+     "claim one-time keys over federation"},
+    {"federation-claims-per-minute", KIND_NONNEGATIVE, FIELD(federation_claims_per_minute), "600",
+     "one-time keys one other server may claim per minute (0: no limit)"},
     {"homeserver-timeout-ms", KIND_POSITIVE, FIELD(homeserver_timeout_ms), "10000",
      "bound on one request forwarded to the homeserver (beyond a /sync long-poll's own timeout)"},
     {"token-cache-ms", KIND_NONNEGATIVE, FIELD(token_cache_ms), "60000 (local), 10000 (homeserver)",
@@ -96,6 +101,8 @@ void mx_config_defaults(mx_config_t *cfg)
     cfg->homeserver_url = NULL;
     cfg->homeserver_timeout_ms = 10000;
     cfg->token_cache_ms = TOKEN_CACHE_UNSET; /* set after parsing, by auth mode */
+    cfg->homeserver_federation_url = NULL;
+    cfg->federation_claims_per_minute = 600;
     cfg->token_negative_ms = 2000;
     cfg->admin_token = NULL;
     cfg->validation = MX_VALIDATION_STRICT;
@@ -110,8 +117,10 @@ void mx_config_free(mx_config_t *cfg)
     free(cfg->database_url);
     free(cfg->state_dir);
     free(cfg->homeserver_url);
+    free(cfg->homeserver_federation_url);
     free(cfg->admin_token);
     cfg->server_name = cfg->database_url = cfg->state_dir = cfg->homeserver_url = cfg->admin_token = NULL;
+    cfg->homeserver_federation_url = NULL;
 }
 
 /* Decimal digits only: strtoul would accept " 7", "+7", "-1" (wrapping) and "0x10". */

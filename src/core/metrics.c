@@ -3,6 +3,7 @@
 #include "mxkeys/metrics.h"
 #include <stdlib.h>
 #include <string.h>
+#include "mxkeys/api.h"
 #include "mxkeys/call.h"
 #include "mxkeys/db.h"
 #include "mxkeys/offload.h"
@@ -200,6 +201,7 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                       __atomic_load_n(&server->removal_retries, __ATOMIC_RELAXED),
                       __atomic_load_n(&server->removal_failures, __ATOMIC_RELAXED));
     }
+    mx_api_federation_metrics(server, out);
     mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
                   server->nworkers);
     if (server->offload != NULL) {

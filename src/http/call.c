@@ -266,6 +266,9 @@ void mx_call_db_error(mx_call_t *call, const PGresult *res)
 
 /* ---- auth ------------------------------------------------------------------------------------------------------ */
 
+/* Implemented in call_server_auth.c. */
+void mx_call_server_auth(mx_call_t *call, void (*next)(mx_call_t *call));
+
 static void run_handler(mx_call_t *call)
 {
     call->route->handler(call);
@@ -350,6 +353,9 @@ static void authorise(mx_call_t *call)
         run_handler(call);
         return;
     }
+    case MX_ROUTE_SERVER:
+        mx_call_server_auth(call, run_handler);
+        return;
     case MX_ROUTE_USER:
         if ((token = mx_call_access_token(call, &len)) == NULL) {
             mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing access token");

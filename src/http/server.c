@@ -16,6 +16,7 @@
 #include "mxkeys/db.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/server_keys.h"
 #include "mxkeys/upstream.h"
 #include "mxkeys/revocations.h"
 #include "mxkeys/call.h"
@@ -80,6 +81,30 @@ static void stop_accepting(mx_worker_t *w)
     }
 }
 
+/* Federation claims: other servers' keys come through the homeserver as notary, on its federation listener (the
+ * homeserver client itself when that is the same URL). */
+static int start_federation(mx_worker_t *w)
+{
+    const mx_config_t *cfg = w->server->config;
+    const char *url = cfg->homeserver_federation_url ? cfg->homeserver_federation_url : cfg->homeserver_url;
+    if (url == NULL)
+        return 0;
+    mx_upstream_t *up = w->homeserver;
+    if (up == NULL || strcmp(url, cfg->homeserver_url) != 0) {
+        char err[256];
+        if ((up = mx_upstream_new(w->loop, url, cfg->homeserver_timeout_ms, err, sizeof(err))) == NULL) {
+            mx_error("worker %u: --homeserver-federation-url: %s", w->index, err);
+            return -1;
+        }
+        w->federation = up;
+    }
+    if ((w->server_keys = mx_server_keys_new(w->loop, up, cfg->server_name, cfg->homeserver_timeout_ms)) == NULL) {
+        mx_error("worker %u: out of memory", w->index);
+        return -1;
+    }
+    return 0;
+}
+
 static void *worker_main(void *arg)
 {
     mx_worker_t *w = arg;
@@ -108,6 +133,10 @@ static void *worker_main(void *arg)
     w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver, server->revocations);
     if (w->index == 0 && server->revocations != NULL && w->db != NULL)
         mx_revocations_follow(server->revocations, w->loop, w->db); /* one worker follows other instances' */
+    if (start_federation(w) != 0) {
+        atomic_store(&server->stopping, true);
+        return NULL;
+    }
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (w->db == NULL || w->auth == NULL || fd < 0) {
         mx_error("worker %u: start-up failed", w->index);
@@ -196,6 +225,8 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];
         mx_auth_free(w->auth);
+        mx_server_keys_free(w->server_keys);
+        mx_upstream_free(w->federation);
         mx_db_pool_free(w->db);
         mx_upstream_free(w->homeserver);
     }

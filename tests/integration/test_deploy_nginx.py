@@ -251,6 +251,12 @@ TO_MXKEYS += [
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", b'{"lists": {}}'),
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos=42&timeout=30000",
      b'{"extensions": {"e2ee": {"enabled": true}}}'),
+    # federation claims: the exact paths, the signed target untouched (an encoded spelling is mxkeys' to refuse)
+    ("POST", "/_matrix/federation/v1/user/keys/claim", b'{"one_time_keys": {}}'),
+    ("POST", "/_matrix/federation/v1/user/keys/claim?x=%2F%41%20b", b'{"one_time_keys": {}}'),
+    ("POST", "/_matrix/federation/v1/user/keys/cl%61im", b'{"one_time_keys": {}}'),
+    ("GET", "/_matrix/federation/v1/user/keys/claim", None),
+    ("POST", "/_matrix/federation/unstable/user/keys/claim", b'{"one_time_keys": {}}'),
 ]
 
 # The device lifecycle (sidecar part 2): forwarded by mxkeys, which does its own part first.
@@ -290,6 +296,10 @@ TO_HOMESERVER = [
     ("GET", "/_matrix/client/v3/account/whoami", None),
     ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.encrypted/txn1", b"{}"),
     ("POST", "/_matrix/federation/v1/user/keys/query", b"{}"),
+    ("POST", "/_matrix/federation/v1/user/keys/claim/", b"{}"),
+    ("POST", "/_matrix/federation/v1/user/keys/claimx", b"{}"),
+    ("POST", "/_matrix/federation/v2/user/keys/claim", b"{}"),
+    ("GET", "/_matrix/federation/v1/user/devices/%40a%3Aexample.org", None),
     ("GET", "/_matrix/key/v2/server", None),
     ("GET", "/_synapse/client/password_reset/email/submit_token?token=x", None),
 ]
