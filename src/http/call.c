@@ -9,6 +9,8 @@
 #include "mxkeys/canonical_json.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/request_checks.h"
+#include "mxkeys/utf8.h"
 
 /* Implemented in response.c. */
 void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, mx_err_t err, const char *msg,
@@ -453,6 +455,14 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
     (void)self;
     mx_worker_t *w = H2O_STRUCT_FROM_MEMBER(mx_worker_t, ctx, req->conn->ctx);
     uint64_t started = mx_http_now_ns();
+    const char *why;
+    if (!mx_http_framing_ok(req, &why)) {
+        /* h2o framed the body one way, a proxy in front may have framed it another: the rest of the connection
+         * cannot be trusted, so it is closed after the answer. */
+        req->http1_is_persistent = 0;
+        mx_http_respond_plain_error(req, w, MX_METRICS_UNROUTED, MX_ERR_BAD_REQUEST, why, 0);
+        return 0;
+    }
     unsigned method = mx_method_parse(req->method.base, req->method.len);
     if (method == MX_METHOD_OPTIONS) {
         /* CORS pre-flight: answered for every path, without authentication (the spec asks servers to). */
@@ -473,6 +483,11 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
     case MX_ROUTE_FOUND:
         break;
     }
+    /* Every query value is text before any handler reads one (a handler only looks at the ones it knows). */
+    if (!mx_http_query_ok(req, &why)) {
+        mx_http_respond_plain_error(req, w, m.index, MX_ERR_INVALID_PARAM, why, 0);
+        return 0;
+    }
 
     mx_call_t *call = h2o_mem_alloc_shared(&req->pool, sizeof(*call), on_call_dispose);
     memset(call, 0, sizeof(*call));
@@ -487,6 +502,11 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
         call->params[i] = percent_decode(&req->pool, m.params[i].base, m.params[i].len, false);
         if (call->params[i] == NULL) {
             mx_call_error(call, MX_ERR_INVALID_PARAM, "malformed percent-encoding in the path");
+            return 0;
+        }
+        /* Ids go into JSON answers and into PostgreSQL text: both need UTF-8. */
+        if (!mx_utf8_valid(call->params[i], strlen(call->params[i]))) {
+            mx_call_error(call, MX_ERR_INVALID_PARAM, "a path parameter is not valid UTF-8");
             return 0;
         }
     }
