@@ -141,12 +141,20 @@ const char *mx_call_query(mx_call_t *call, const char *name)
 
 /* ---- DB -------------------------------------------------------------------------------------------------------- */
 
-static void db_unavailable(mx_call_t *call)
+/* How long a client should wait before retrying when the database is down or stalled: about one reconnect try. */
+#define DB_RETRY_AFTER "\"retry_after_ms\":1000"
+
+static void db_unavailable(mx_call_t *call, mx_db_status_t status)
 {
     if (call->_streaming)
         mx_call_stream_abort(call);
+    else if (status == MX_DB_TIMEOUT)
+        /* The statements were sent: a write may yet commit (or already has). Every mxkeys write can be retried. */
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER,
+                            "the database did not answer in time; the request may or may not have been applied: "
+                            "retry it");
     else
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER, "the database is unavailable; try again shortly");
 }
 
 static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, size_t nresults)
@@ -160,7 +168,7 @@ static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, s
     }
     call->_db_quiet = false;
     if (status != MX_DB_OK) {
-        db_unavailable(call);
+        db_unavailable(call, status);
         return;
     }
     call->_db_cb(call, results, nresults);
@@ -180,9 +188,17 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
                                 "too many requests in flight on this worker; retry shortly");
         return -1;
     default:
-        db_unavailable(call);
+        db_unavailable(call, MX_DB_DOWN);
         return -1;
     }
+}
+
+int mx_call_db_within(mx_call_t *call, unsigned timeout_ms, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb)
+{
+    if (mx_call_db(call, stmts, nstmts, cb) != 0)
+        return -1;
+    mx_db_set_deadline(call->_job, timeout_ms);
+    return 0;
 }
 
 static void on_later(h2o_timeout_entry_t *entry)
@@ -291,7 +307,8 @@ static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const cha
         mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100", "server busy; retry shortly");
         return;
     default:
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "cannot validate the access token right now; try again shortly");
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER,
+                            "cannot validate the access token right now; try again shortly");
         return;
     }
 }

@@ -262,8 +262,7 @@ typedef struct st_error_ostream_t {
     error_filter_t *filter;
 } error_ostream_t;
 
-static void on_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt,
-                          h2o_send_state_t state)
+static void on_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt, h2o_send_state_t state)
 {
     error_ostream_t *os = (error_ostream_t *)self;
     if (h2o_send_state_is_in_progress(state)) { /* h2o's errors come in one final send; anything else is dropped */
