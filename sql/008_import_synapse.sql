@@ -311,7 +311,9 @@ BEGIN
         IF old.etag <> st.etag OR old.auth_data <> st.auth_data OR old.deleted <> st.deleted THEN
             INSERT INTO import_ver (version, mode) VALUES (v.version, 'skip');
             PERFORM mx_import_count('backup_versions', 'skipped', 'backup changed in mxkeys since the last import', 1);
-        ELSIF st.synapse_etag IS NOT DISTINCT FROM v.etag AND v.etag IS NOT NULL AND st.deleted = v.deleted
+        -- Synapse moves the etag with every change of the sessions (from NULL too: an old version never written
+        -- since etags exist keeps NULL)
+        ELSIF st.synapse_etag IS NOT DISTINCT FROM v.etag AND st.deleted = v.deleted
               AND (v.deleted OR st.auth_data = v.auth_data) THEN
             INSERT INTO import_ver (version, mode, synapse_etag, old_etag) VALUES (v.version, 'same', v.etag, old.etag);
             PERFORM mx_import_count('backup_versions', 'unchanged', '', 1);
@@ -322,7 +324,7 @@ BEGIN
             INSERT INTO import_ver (version, mode, synapse_etag, old_etag, changed)
             VALUES (v.version, 'resync', v.etag, old.etag,
                     old.deleted <> v.deleted OR old.auth_data <> (CASE WHEN v.deleted THEN '{}' ELSE v.auth_data END));
-            PERFORM mx_import_count('backup_versions', 'written', '', 1);
+            -- counted by mx_import_finish, once the sessions tell whether anything changed
         END IF;
     END LOOP;
 END $$;
@@ -448,6 +450,9 @@ BEGIN
 
     -- count is exact; the etag moves exactly when what mxkeys serves changed: to Synapse's when that is newer than
     -- what mxkeys served, else one past it.
+    PERFORM mx_import_count('backup_versions', CASE WHEN changed THEN 'written' ELSE 'unchanged' END, '', 1)
+    FROM import_ver WHERE mode = 'resync';
+
     UPDATE backup_versions b
     SET count = (SELECT count(*) FROM backup_sessions s WHERE s.user_id = p_user AND s.version = b.version),
         etag = CASE WHEN w.mode = 'new' THEN COALESCE(w.synapse_etag, 0)
