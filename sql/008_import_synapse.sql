@@ -53,29 +53,36 @@ CREATE TABLE import_synapse_backups (
 -- Imported one-time keys: negative, increasing, so below every key uploaded to mxkeys.
 CREATE SEQUENCE import_synapse_otk_seq;
 
--- Per-connection scratch state of the user being imported; emptied by every commit.
+-- Per-connection scratch state of the user being imported, emptied when a user begins (mx_import_clear).
+-- Not ON COMMIT DELETE ROWS: that truncates every such table at every commit, which cost more than a small user's
+-- whole import. The importer calls this again every few hundred users, between transactions, to truncate them.
 CREATE FUNCTION mx_import_prepare() RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    IF to_regclass('pg_temp.import_dev') IS NOT NULL THEN
+        TRUNCATE import_dev, import_seen_otk, import_ver, import_seen_session, import_counts, import_changes,
+                 import_user;
+        RETURN;
+    END IF;
     CREATE TEMP TABLE IF NOT EXISTS import_dev (
         device_id text PRIMARY KEY, owned boolean NOT NULL, reason text, in_synapse boolean NOT NULL,
-        had_state boolean NOT NULL, fallbacks jsonb NOT NULL DEFAULT '{}') ON COMMIT DELETE ROWS;
+        had_state boolean NOT NULL, fallbacks jsonb NOT NULL DEFAULT '{}');
     CREATE TEMP TABLE IF NOT EXISTS import_seen_otk (
-        device_id text, algorithm text, key_id text, PRIMARY KEY (device_id, algorithm, key_id)) ON COMMIT DELETE ROWS;
+        device_id text, algorithm text, key_id text, PRIMARY KEY (device_id, algorithm, key_id));
     CREATE TEMP TABLE IF NOT EXISTS import_ver (
         version bigint PRIMARY KEY, mode text NOT NULL, synapse_etag bigint, old_etag bigint,
-        changed boolean NOT NULL DEFAULT false) ON COMMIT DELETE ROWS;
+        changed boolean NOT NULL DEFAULT false);
     CREATE TEMP TABLE IF NOT EXISTS import_seen_session (
         version bigint, room_id text COLLATE "C", session_id text COLLATE "C",
-        PRIMARY KEY (version, room_id, session_id)) ON COMMIT DELETE ROWS;
+        PRIMARY KEY (version, room_id, session_id));
     CREATE TEMP TABLE IF NOT EXISTS import_counts (
         tbl text NOT NULL, outcome text NOT NULL, reason text NOT NULL DEFAULT '', n bigint NOT NULL)
-        ON COMMIT DELETE ROWS;
+       ;
     -- device-list changes to record at the very end (the stream's ordering lock is then held only until the commit)
-    CREATE TEMP TABLE IF NOT EXISTS import_changes (device_id text, audience text) ON COMMIT DELETE ROWS;
+    CREATE TEMP TABLE IF NOT EXISTS import_changes (device_id text, audience text);
     CREATE TEMP TABLE IF NOT EXISTS import_user (
         reimport boolean NOT NULL, xsign_owned boolean NOT NULL, xsign jsonb NOT NULL, changed boolean NOT NULL)
-        ON COMMIT DELETE ROWS;
+       ;
 END $$;
 
 -- plpgsql: the temporary table it writes exists only once mx_import_prepare ran
@@ -110,6 +117,13 @@ DECLARE
     n bigint;
     n2 bigint;
 BEGIN
+    DELETE FROM import_dev;
+    DELETE FROM import_seen_otk;
+    DELETE FROM import_ver;
+    DELETE FROM import_seen_session;
+    DELETE FROM import_counts;
+    DELETE FROM import_changes;
+    DELETE FROM import_user;
     -- Uploads of this user's cross-signing keys and of its existing devices wait for this transaction.
     PERFORM pg_advisory_xact_lock(72836, hashtext(p_user));
     PERFORM 1 FROM device_keys WHERE user_id = p_user ORDER BY device_id FOR UPDATE;
@@ -335,16 +349,24 @@ LANGUAGE plpgsql AS $$
 DECLARE
     c record;
 BEGIN
+    -- The keys mxkeys already holds for these devices are read once and hash-joined: a per-row look-up can be
+    -- planned on the FIFO index (same leading columns) and then reads every key of the device for each row.
     WITH input AS (
         SELECT r ->> 0 AS d, r ->> 1 AS alg, r ->> 2 AS kid, r -> 3 AS key, ord
         FROM jsonb_array_elements(p_rows) WITH ORDINALITY x(r, ord)),
-    classified AS (
+    held AS MATERIALIZED (
+        SELECT o.device_id, o.algorithm, o.key_id, o.key_json FROM one_time_keys o
+        WHERE o.user_id = p_user AND o.device_id IN (SELECT DISTINCT d FROM input)),
+    gone AS MATERIALIZED (
+        SELECT ck.device_id, ck.algorithm, ck.key_id FROM claimed_one_time_keys ck
+        WHERE ck.user_id = p_user AND ck.device_id IN (SELECT DISTINCT d FROM input)),
+    classified AS MATERIALIZED (
         SELECT i.*, COALESCE(p.owned, false) AS owned, COALESCE(p.had_state, false) AS had_state,
-               EXISTS (SELECT 1 FROM claimed_one_time_keys ck WHERE ck.user_id = p_user AND ck.device_id = i.d
-                       AND ck.algorithm = i.alg AND ck.key_id = i.kid) AS claimed,
-               (SELECT o.key_json FROM one_time_keys o WHERE o.user_id = p_user AND o.device_id = i.d
-                AND o.algorithm = i.alg AND o.key_id = i.kid) AS existing
-        FROM input i LEFT JOIN import_dev p ON p.device_id = i.d),
+               g.key_id IS NOT NULL AS claimed, h.key_json AS existing
+        FROM input i
+        LEFT JOIN import_dev p ON p.device_id = i.d
+        LEFT JOIN gone g ON g.device_id = i.d AND g.algorithm = i.alg AND g.key_id = i.kid
+        LEFT JOIN held h ON h.device_id = i.d AND h.algorithm = i.alg AND h.key_id = i.kid),
     seen AS (
         INSERT INTO import_seen_otk SELECT d, alg, kid FROM classified WHERE owned AND had_state
         ON CONFLICT DO NOTHING),

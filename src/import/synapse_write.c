@@ -11,7 +11,10 @@ typedef struct st_writer_t {
     PGconn *mx;
     bool dry_run, in_tx;
     imp_report_t *report;
+    unsigned users; /* since the scratch tables were last truncated */
 } writer_t;
+
+#define USERS_PER_TRUNCATE 500
 
 static int run(writer_t *w, const char *sql, int n, const char *const *params, char *err, size_t errlen)
 {
@@ -23,6 +26,11 @@ static int run(writer_t *w, const char *sql, int n, const char *const *params, c
 static int on_begin(imp_sink_t *s, const char *user, const json_t *doc, char *err, size_t errlen)
 {
     writer_t *w = (writer_t *)s;
+    if (++w->users >= USERS_PER_TRUNCATE) {
+        w->users = 0; /* the scratch tables' dead rows go (between transactions) */
+        if (run(w, "SELECT mx_import_prepare()", 0, NULL, err, errlen) != 0)
+            return -1;
+    }
     if (run(w, "BEGIN", 0, NULL, err, errlen) != 0)
         return -1;
     w->in_tx = true;
