@@ -2,16 +2,14 @@
 imported again, interrupted and resumed; real Olm clients then open sessions with the claimed keys and restore the
 backups from mxkeys as they would have from Synapse."""
 import json
-import os
 import re
-import signal
 import subprocess
 import time
 
 import olm
 import pytest
 
-from synapse_fixture import Fixture, Sql, create_database, lit
+from synapse_fixture import Fixture, create_database, lit
 from olmkeys import Device
 
 
@@ -286,3 +284,17 @@ def test_interrupted_import_resumes(srv, pg, start_server):
     assert s["one_time_keys"]["written"] == 100 and s["one_time_keys"]["unchanged"] == 100 + 13
     r = s2.cli("import", "synapse", "--from", fx.conninfo, "--verify", check=False)
     assert r.returncode == 0 and ", 0 differences" in r.stdout, r.stdout
+
+
+def test_import_flags_are_checked(mxkeysd_path):
+    def run(*args):
+        return subprocess.run([mxkeysd_path, "import", *args], capture_output=True, text=True, timeout=30)
+
+    for args, message in ((["synapse"], "--from is required"),
+                          (["synapse", "--from", "x", "--invalid-keys", "maybe"], "expected import or skip"),
+                          (["synapse", "--from", "x", "--dry-run", "--verify"], "exclude each other"),
+                          (["dendrite", "--from", "x"], "expected synapse")):
+        r = run(*args)
+        assert r.returncode == 2 and message in r.stderr and r.stderr.count("\n") == 1, (args, r.stderr)
+    r = subprocess.run([mxkeysd_path, "--help"], capture_output=True, text=True, timeout=30)
+    assert "import synapse --from" in r.stdout
