@@ -9,6 +9,7 @@
 #include "mxkeys/auth.h"
 #include "mxkeys/db_sync.h"
 #include "mxkeys/embedded_pg.h"
+#include "mxkeys/import.h"
 #include "mxkeys/log.h"
 #include "mxkeys/migrate.h"
 
@@ -160,6 +161,16 @@ int mx_cli_token_revoke(const mx_config_t *cfg, const char *token)
         status = 0;
     }
     PQclear(res);
+    db_close(&db);
+    return status;
+}
+
+int mx_cli_import_synapse(const mx_config_t *cfg, const mx_import_opts_t *opts)
+{
+    cli_db_t db;
+    if (db_open(cfg, &db) != 0)
+        return 1;
+    int status = mx_import_synapse(db.conn, cfg, opts);
     db_close(&db);
     return status;
 }

@@ -119,6 +119,14 @@ int main(int argc, char **argv, char **envp)
     case MX_CMD_TOKEN_REVOKE:
         status = mx_cli_token_revoke(&cli.config, cli.token_value);
         break;
+    case MX_CMD_IMPORT_SYNAPSE: {
+        mx_import_opts_t opts = {cli.import_from, cli.import_users, cli.import_dry_run, cli.import_verify,
+                                 cli.import_invalid != NULL && strcmp(cli.import_invalid, "skip") == 0
+                                     ? MX_IMPORT_INVALID_SKIP
+                                     : MX_IMPORT_INVALID_IMPORT};
+        status = mx_cli_import_synapse(&cli.config, &opts);
+        break;
+    }
     case MX_CMD_SERVE:
     default:
         status = serve(&cli.config);

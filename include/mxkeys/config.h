@@ -49,6 +49,7 @@ typedef enum en_mx_command_t {
     MX_CMD_MIGRATE,
     MX_CMD_TOKEN_CREATE,
     MX_CMD_TOKEN_REVOKE,
+    MX_CMD_IMPORT_SYNAPSE,
     MX_CMD_HELP,
     MX_CMD_VERSION
 } mx_command_t;
@@ -59,6 +60,12 @@ typedef struct st_mx_cli_t {
     const char *token_user;   /* token create --user */
     const char *token_device; /* token create --device */
     const char *token_value;  /* token revoke TOKEN */
+    /* import synapse */
+    const char *import_from;    /* --from: the Synapse database */
+    const char *import_users;   /* --users REGEX */
+    const char *import_invalid; /* --invalid-keys import|skip */
+    bool import_dry_run;        /* --dry-run */
+    bool import_verify;         /* --verify */
 } mx_cli_t;
 
 /** Fills `cfg` with defaults. */

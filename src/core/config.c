@@ -424,10 +424,24 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
         }
         if (arg[1] != '-')
             return mx_fail(err, errlen, "unknown flag %s (see mxkeysd --help)", arg);
+        if (cli->command == MX_CMD_IMPORT_SYNAPSE && (strcmp(arg, "--dry-run") == 0 || strcmp(arg, "--verify") == 0)) {
+            *(arg[2] == 'd' ? &cli->import_dry_run : &cli->import_verify) = true;
+            continue;
+        }
         const char *name = arg + 2, *eq = strchr(name, '='), *value;
         size_t namelen = eq != NULL ? (size_t)(eq - name) : strlen(name);
         int is_token_flag = (cli->command == MX_CMD_TOKEN_CREATE) && ((namelen == 4 && memcmp(name, "user", 4) == 0) ||
                                                                       (namelen == 6 && memcmp(name, "device", 6) == 0));
+        const char **import_flag = NULL;
+        if (cli->command == MX_CMD_IMPORT_SYNAPSE) {
+            if (namelen == 4 && memcmp(name, "from", 4) == 0)
+                import_flag = &cli->import_from;
+            else if (namelen == 5 && memcmp(name, "users", 5) == 0)
+                import_flag = &cli->import_users;
+            else if (namelen == 12 && memcmp(name, "invalid-keys", 12) == 0)
+                import_flag = &cli->import_invalid;
+            is_token_flag = import_flag != NULL;
+        }
         const setting_t *s = is_token_flag ? NULL : find_setting(name, namelen);
         if (s == NULL && !is_token_flag)
             return mx_fail(err, errlen, "unknown flag --%.*s (see mxkeysd --help)", (int)namelen, name);
@@ -443,7 +457,9 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
         if (is_token_flag) {
             if (*value == '\0')
                 return mx_fail(err, errlen, "%s: expected a non-empty value", source);
-            if (name[0] == 'u')
+            if (import_flag != NULL)
+                *import_flag = value;
+            else if (name[0] == 'u')
                 cli->token_user = value;
             else
                 cli->token_device = value;
@@ -481,6 +497,17 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
         if (positional[1] != NULL)
             return mx_fail(err, errlen, "unexpected argument \"%s\"", positional[1]);
         cli->token_value = positional[0];
+        break;
+    case MX_CMD_IMPORT_SYNAPSE:
+        if (positional[0] != NULL)
+            return mx_fail(err, errlen, "unexpected argument \"%s\"", positional[0]);
+        if (cli->import_from == NULL)
+            return mx_fail(err, errlen, "import synapse: --from is required (the Synapse database's libpq URL)");
+        if (cli->import_invalid != NULL && strcmp(cli->import_invalid, "import") != 0 &&
+            strcmp(cli->import_invalid, "skip") != 0)
+            return mx_fail(err, errlen, "--invalid-keys: expected import or skip, got \"%s\"", cli->import_invalid);
+        if (cli->import_dry_run && cli->import_verify)
+            return mx_fail(err, errlen, "import synapse: --dry-run and --verify exclude each other (--verify writes nothing)");
         break;
     default:
         if (positional[0] != NULL)
@@ -526,9 +553,18 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
                 mx_config_free(&cli->config);
                 return mx_fail(err, errlen, "token: expected create or revoke, got \"%s\"", sub);
             }
+        } else if (strcmp(cmd, "import") == 0) {
+            const char *sub = argc > 2 ? argv[2] : "";
+            first = 3;
+            if (strcmp(sub, "synapse") != 0) {
+                mx_config_free(&cli->config);
+                return mx_fail(err, errlen, "import: expected synapse, got \"%s\"", sub);
+            }
+            cli->command = MX_CMD_IMPORT_SYNAPSE;
         } else {
             mx_config_free(&cli->config);
-            return mx_fail(err, errlen, "unknown command \"%s\" (expected serve, migrate, token create, token revoke)",
+            return mx_fail(err, errlen,
+                           "unknown command \"%s\" (expected serve, migrate, token create, token revoke, import synapse)",
                            cmd);
         }
     }
@@ -561,6 +597,9 @@ void mx_cli_usage(void *stream)
                  "       mxkeysd token create --user @alice:example.org --device DEVICEID [flags]\n"
                  "                                         mint a local access token, printed on stdout\n"
                  "       mxkeysd token revoke TOKEN [flags] delete a local access token (exit 1 if unknown)\n"
+                 "       mxkeysd import synapse --from SYNAPSE_DB_URL [--users REGEX] [--dry-run | --verify]\n"
+                 "                              [--invalid-keys import|skip] [flags]\n"
+                 "                                         copy a Synapse database's keys and backups (README)\n"
                  "       mxkeysd --help | --version\n"
                  "\n"
                  "Flags take --flag value or --flag=value; each also reads MXKEYS_<FLAG> from the environment\n"
