@@ -47,6 +47,7 @@ typedef struct st_mx_server_t {
     atomic_bool stopping;
     const char *ready_line; /* logged (and sent as READY=1) once every worker serves with its database up */
     atomic_uint nserving;   /* workers that reached `serving` */
+    atomic_uint nexited;    /* workers whose thread has finished */
 } mx_server_t;
 
 /** Binds the listening socket (so a bad --listen fails before anything starts). Returns 0 or -1 with a reason. */

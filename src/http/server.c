@@ -81,7 +81,7 @@ static void stop_accepting(mx_worker_t *w)
     }
 }
 
-static void *worker_main(void *arg)
+static void *worker_run(void *arg)
 {
     mx_worker_t *w = arg;
     mx_server_t *server = w->server;
@@ -152,6 +152,14 @@ static void *worker_main(void *arg)
     return NULL;
 }
 
+static void *worker_main(void *arg)
+{
+    mx_worker_t *w = arg;
+    worker_run(w);
+    atomic_fetch_add(&w->server->nexited, 1);
+    return NULL;
+}
+
 /* True when every worker's loop has turned since the last look (an idle loop turns every 100 ms). */
 static bool workers_turning(mx_server_t *server, uint64_t *seen)
 {
@@ -165,19 +173,25 @@ static bool workers_turning(mx_server_t *server, uint64_t *seen)
     return all;
 }
 
-/* The main thread, until a stop is asked for: announces readiness once every worker serves with its database up
- * (the ready line, READY=1), pings systemd's watchdog only while every worker loop keeps turning (a stuck worker
- * stops the pings and systemd restarts the service), then announces the drain (STOPPING=1). */
+/* The main thread, until every worker has exited: announces readiness once every worker serves with its database
+ * up (the ready line, READY=1); pings systemd's watchdog only while every worker loop keeps turning (a stuck worker
+ * stops the pings and systemd restarts the service); announces the drain (STOPPING=1) and pings on through it, which
+ * DRAIN_LIMIT_MS bounds, so that a long drain is not taken for a hang. */
 static void supervise(mx_server_t *server)
 {
     uint64_t watchdog_ms = mx_notify_watchdog_interval_ms(), since_ping_ms = 0;
     uint64_t *seen = calloc(server->nworkers, sizeof(*seen));
-    bool ready = false;
-    while (!atomic_load(&server->stopping)) {
-        struct timespec nap = {.tv_sec = 0, .tv_nsec = (ready ? 100 : 10) * 1000000L};
+    bool ready = false, stopping = false;
+    while (atomic_load(&server->nexited) < server->nworkers) {
+        unsigned nap_ms = ready ? 100 : 10;
+        struct timespec nap = {.tv_sec = 0, .tv_nsec = nap_ms * 1000000L};
         nanosleep(&nap, NULL);
-        since_ping_ms += ready ? 100 : 10;
-        if (!ready && atomic_load(&server->nserving) == server->nworkers) {
+        since_ping_ms += nap_ms;
+        if (!stopping && atomic_load(&server->stopping)) {
+            stopping = true;
+            mx_notify_stopping();
+        }
+        if (!ready && !stopping && atomic_load(&server->nserving) == server->nworkers) {
             ready = true;
             if (server->ready_line != NULL)
                 mx_info("%s", server->ready_line);
@@ -185,15 +199,16 @@ static void supervise(mx_server_t *server)
         }
         if (ready && watchdog_ms != 0 && seen != NULL && since_ping_ms >= watchdog_ms) {
             since_ping_ms = 0;
-            if (workers_turning(server, seen))
+            if (stopping || workers_turning(server, seen))
                 mx_notify_watchdog();
             else
                 mx_warn("a worker's event loop has not turned for %llu ms: watchdog not pinged",
                         (unsigned long long)watchdog_ms);
         }
     }
+    if (!stopping)
+        mx_notify_stopping();
     free(seen);
-    mx_notify_stopping();
 }
 
 int mx_server_run(mx_server_t *server, const char *conninfo)
