@@ -22,6 +22,8 @@ EXPECTED = [
     "usr/share/doc/mxkeys/api/paths/keys.yaml",
     "usr/share/doc/mxkeys/examples/mxkeysd.env.example",
     "usr/share/doc/mxkeys/examples/nginx/mxkeys-locations.conf",
+    "usr/share/doc/mxkeys/examples/grafana/mxkeys.json",
+    "usr/share/doc/mxkeys/examples/prometheus/mxkeys-alerts.yml",
 ]
 
 
