@@ -23,6 +23,10 @@ LANGUAGE plpgsql AS $$
 DECLARE
     id bigint := nextval('identity_write_seq');
 BEGIN
+    -- The marker need not survive a crash of the database (it only makes queries wait, and nothing it guards is
+    -- stored until the settle, which commits durably): its transaction does not wait for the WAL flush, which
+    -- halves the flushes of an identity write.
+    PERFORM set_config('synchronous_commit', 'off', true);
     DELETE FROM identity_writes_pending
     WHERE user_id = ANY (p_users) AND expires_at < clock_timestamp() - interval '1 minute';
     INSERT INTO identity_writes_pending (user_id, write_id, expires_at)
@@ -58,23 +62,29 @@ END $$;
 
 -- A write the homeserver refused (or that failed): its marker goes, nothing else was written.
 CREATE FUNCTION mx_identity_end(p_write bigint) RETURNS void
-LANGUAGE sql AS $$
-    DELETE FROM identity_writes_pending WHERE write_id = p_write
-$$;
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM set_config('synchronous_commit', 'off', true); -- as for mx_identity_begin
+    DELETE FROM identity_writes_pending WHERE write_id = p_write;
+END $$;
 
 -- Milliseconds a query about p_wanted's users (a JSON object keyed by user id) should wait for identity writes in
 -- flight, or NULL when there are none. STABLE: called from the query's own statement, it reads the same snapshot.
 CREATE FUNCTION mx_identity_pending_ms(p_wanted jsonb) RETURNS int
-LANGUAGE sql STABLE AS $$
-    SELECT ceil(extract(epoch FROM max(expires_at) + interval '1 second' - now()) * 1000)::int
-    FROM identity_writes_pending
-    WHERE user_id IN (SELECT jsonb_object_keys(p_wanted)) AND expires_at + interval '1 second' > now()
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN (SELECT ceil(extract(epoch FROM max(expires_at) + interval '1 second' - now()) * 1000)::int
+            FROM identity_writes_pending
+            WHERE user_id IN (SELECT jsonb_object_keys(p_wanted)) AND expires_at + interval '1 second' > now());
+END $$;
 
 -- The one-time key counts and the unused fallback key types of a device, as /sync reports them (JSON texts).
+-- PL/pgSQL: its plans are kept for the connection's life (an SQL function that is not inlined is planned again on
+-- every call, measured 105 us against 17 us).
 CREATE FUNCTION mx_sync_key_counts(p_user text, p_device text, OUT otk_counts text, OUT fallback_types text)
-LANGUAGE sql STABLE AS $$
-    SELECT mx_otk_counts(p_user, p_device)::text,
-           (SELECT COALESCE(json_agg(algorithm ORDER BY algorithm), '[]') FROM fallback_keys
-            WHERE user_id = p_user AND device_id = p_device AND NOT used)::text
-$$;
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    otk_counts := mx_otk_counts(p_user, p_device)::text;
+    SELECT COALESCE(json_agg(algorithm ORDER BY algorithm), '[]')::text INTO fallback_types FROM fallback_keys
+    WHERE user_id = p_user AND device_id = p_device AND NOT used;
+END $$;

@@ -15,6 +15,7 @@ typedef struct st_mx_auth_t mx_auth_t;
 typedef enum en_mx_auth_status_t {
     MX_AUTH_OK,
     MX_AUTH_UNKNOWN_TOKEN, /* 401 M_UNKNOWN_TOKEN */
+    MX_AUTH_SOFT_LOGOUT,   /* 401 M_UNKNOWN_TOKEN with soft_logout: true, as the homeserver said */
     MX_AUTH_UNAVAILABLE,   /* database / homeserver unreachable: 503, never 401 */
     MX_AUTH_BUSY,          /* database queue full: 503 M_LIMIT_EXCEEDED */
 } mx_auth_status_t;
@@ -31,9 +32,11 @@ struct st_mx_auth_waiter_t {
 };
 
 struct st_mx_upstream_t;
-/** Creates the per-worker resolver; homeserver mode asks through `homeserver` (borrowed). */
+struct st_mx_revocations_t;
+/** Creates the per-worker resolver; homeserver mode asks through `homeserver` (borrowed). Cached tokens of devices in
+ * `revocations` (borrowed, shared by the workers; may be NULL) stop working at once. */
 mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db,
-                       struct st_mx_upstream_t *homeserver);
+                       struct st_mx_upstream_t *homeserver, struct st_mx_revocations_t *revocations);
 void mx_auth_free(mx_auth_t *auth);
 /** Resolves `token`; `waiter->cb` runs exactly once, possibly before this returns (cache hit), unless cancelled. */
 void mx_auth_resolve(mx_auth_t *auth, const char *token, size_t len, mx_auth_waiter_t *waiter);

@@ -32,6 +32,7 @@ struct st_mx_call_t {
     json_t *body;          /* the parsed JSON object, or NULL (MX_BODY_NONE / empty optional body) */
     const char *user_id;   /* authenticated user (MX_ROUTE_USER), pool memory */
     const char *device_id; /* device of the access token; may be "" when the homeserver reports none */
+    const char *origin;    /* authenticated server (MX_ROUTE_SERVER), pool memory */
     void *data;            /* handler's own state (allocate with mx_call_alloc) */
     void *ext;             /* state of a helper layered over the handler (the identity mirror) */
     /* private */

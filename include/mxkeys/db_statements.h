@@ -12,6 +12,7 @@ typedef enum en_mx_stmt_id_t {
 #include "mxkeys/sql/cross_signing.def"
 #include "mxkeys/sql/room_keys.def"
 #include "mxkeys/sql/sidecar.def"
+#include "mxkeys/sql/devices.def"
 #undef MX_STMT
     MX_STMT__COUNT
 } mx_stmt_id_t;

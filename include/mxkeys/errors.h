@@ -13,10 +13,12 @@
     X(MX_ERR_TOO_LARGE, 413, "M_TOO_LARGE")                                                                            \
     X(MX_ERR_MISSING_TOKEN, 401, "M_MISSING_TOKEN")                                                                    \
     X(MX_ERR_UNKNOWN_TOKEN, 401, "M_UNKNOWN_TOKEN")                                                                    \
+    X(MX_ERR_UNAUTHORIZED, 401, "M_UNAUTHORIZED")                                                                      \
     X(MX_ERR_FORBIDDEN, 403, "M_FORBIDDEN")                                                                            \
     X(MX_ERR_WRONG_ROOM_KEYS_VERSION, 403, "M_WRONG_ROOM_KEYS_VERSION")                                                \
     X(MX_ERR_NOT_FOUND, 404, "M_NOT_FOUND")                                                                            \
     X(MX_ERR_LIMIT_EXCEEDED, 503, "M_LIMIT_EXCEEDED")                                                                  \
+    X(MX_ERR_RATE_LIMITED, 429, "M_LIMIT_EXCEEDED")                                                                    \
     X(MX_ERR_UNAVAILABLE, 503, "M_UNKNOWN")                                                                            \
     X(MX_ERR_HS_UNREACHABLE, 502, "M_UNKNOWN")                                                                         \
     X(MX_ERR_HS_TIMEOUT, 504, "M_UNKNOWN")                                                                             \

@@ -22,6 +22,9 @@ const char *mx_mirror_ttl_text(mx_call_t *call);
  * begun write's id (request memory). `accepted` runs on a 2xx answer; otherwise the call is answered here.
  */
 void mx_mirror_forward(mx_call_t *call, const char *write_id, const char *body, size_t len, mx_hs_cb accepted);
+/** mx_mirror_forward with the method given, retried on a closed kept-alive connection only when `retry_safe`. */
+void mx_mirror_forward_as(mx_call_t *call, const char *write_id, const char *method, const char *body, size_t len,
+                          bool retry_safe, mx_hs_cb accepted);
 /**
  * Submits the settle statement of `write_id` followed by `stmts` (at most MX_DB_MAX_STMTS - 1) as one transaction;
  * `cb` gets the results of `stmts` only (the settle's failure has answered the call already).

@@ -49,4 +49,21 @@ unsigned mx_keys_timeout_ms(const struct st_mx_call_t *call);
 void mx_keys_remote_failures(const json_t *answer, const char *remote, const char *server_name, const char *why,
                              mx_buf_t *out);
 
+/* Other servers' users of a query or claim, asked of the homeserver (beside one) while the local part runs. */
+typedef struct st_mx_keys_remote_ask_t {
+    const char *remote; /* the users asked about, JSON text */
+    bool pending;       /* no answer yet */
+    json_t *answer;     /* the homeserver's answer, parsed; NULL when there is none, and `why` says why */
+    const char *why;
+    void (*then)(struct st_mx_call_t *call); /* runs once the answer (or its absence) is in */
+} mx_keys_remote_ask_t;
+
+/**
+ * Sends {`member`: remote, "timeout": the request's} to the homeserver path the client called, and returns the ask
+ * (request memory; its answer is freed with the request), with `then` to run when the answer is in. NULL when the
+ * call was answered (the homeserver cannot be asked at all). Kept in call->ext meanwhile.
+ */
+mx_keys_remote_ask_t *mx_keys_remote_ask(struct st_mx_call_t *call, const char *remote, const char *member,
+                                         bool retry_safe, void (*then)(struct st_mx_call_t *call));
+
 #endif

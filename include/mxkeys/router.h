@@ -18,7 +18,12 @@ typedef enum en_mx_route_scope_t {
     MX_SCOPE_ROOT,   /* <path> */
 } mx_route_scope_t;
 
-typedef enum en_mx_route_auth_t { MX_ROUTE_PUBLIC, MX_ROUTE_USER, MX_ROUTE_ADMIN } mx_route_auth_t;
+typedef enum en_mx_route_auth_t {
+    MX_ROUTE_PUBLIC,
+    MX_ROUTE_USER,
+    MX_ROUTE_ADMIN,
+    MX_ROUTE_SERVER, /* server-server API: X-Matrix request signatures */
+} mx_route_auth_t;
 typedef enum en_mx_route_body_t {
     MX_BODY_NONE,     /* any body is ignored */
     MX_BODY_OBJECT,   /* a JSON object is required */

@@ -16,6 +16,8 @@ struct st_mx_auth_t;
 struct st_mx_metrics_t;
 struct st_mx_offload_pool_t;
 struct st_mx_upstream_t;
+struct st_mx_revocations_t;
+struct st_mx_server_keys_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -29,6 +31,8 @@ typedef struct st_mx_worker_t {
     struct st_mx_auth_t *auth;
     struct st_mx_metrics_t *metrics;
     struct st_mx_upstream_t *homeserver;     /* --auth homeserver: this worker's client of the homeserver, else NULL */
+    struct st_mx_upstream_t *federation;     /* the homeserver's federation listener, when not `homeserver`'s URL */
+    struct st_mx_server_keys_t *server_keys; /* other servers' keys via the homeserver as notary, else NULL */
     h2o_timeout_t later_timeout;             /* mx_call_later's short waits */
     h2o_multithread_receiver_t offload_done; /* where this worker's offloaded jobs come back */
     size_t inflight;                         /* requests accepted by the router and not yet answered */
@@ -43,8 +47,11 @@ typedef struct st_mx_server_t {
     int listen_fd;
     mx_worker_t *workers;
     unsigned nworkers;
-    struct st_mx_offload_pool_t *offload; /* threads for CPU-heavy work (signature checks), shared by the workers */
+    struct st_mx_offload_pool_t *offload;    /* threads for CPU-heavy work (signature checks), shared by the workers */
+    struct st_mx_revocations_t *revocations; /* tokens revoked through mxkeys, shared by the workers */
     atomic_bool stopping;
+    _Atomic unsigned long long removal_retries;  /* device removals retried after the homeserver's success */
+    _Atomic unsigned long long removal_failures; /* ... that failed every retry */
     const char *ready_line; /* logged (and sent as READY=1) once every worker serves with its database up */
     atomic_uint nserving;   /* workers that reached `serving` */
     atomic_uint nexited;    /* workers whose thread has finished */

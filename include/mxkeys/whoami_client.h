@@ -12,6 +12,7 @@ typedef struct st_mx_whoami_req_t mx_whoami_req_t;
 typedef enum en_mx_whoami_status_t {
     MX_WHOAMI_OK,
     MX_WHOAMI_UNKNOWN_TOKEN, /* the homeserver said 401 (or 403 M_UNKNOWN_TOKEN-ish): token is bad */
+    MX_WHOAMI_SOFT_LOGOUT,   /* ... with "soft_logout": true: the client should log in again, keeping its data */
     MX_WHOAMI_UNAVAILABLE,   /* connect failure, timeout, 5xx, unparsable answer */
 } mx_whoami_status_t;
 

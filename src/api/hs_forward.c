@@ -102,6 +102,38 @@ static void pass_header_by_name(mx_call_t *call, mx_upstream_spec_t *spec, const
     }
 }
 
+/* A token in the query string moves to the Authorization header: a homeserver refuses both at once (Synapse does),
+ * and the token stays out of its URLs. The rest of the target goes as it came, byte for byte. */
+static void without_access_token(mx_call_t *call, mx_upstream_spec_t *spec)
+{
+    const char *q = memchr(spec->target, '?', spec->target_len);
+    if (q == NULL)
+        return;
+    const char *end = spec->target + spec->target_len;
+    char *out = mx_call_alloc(call, spec->target_len + 1), *o = out;
+    memcpy(o, spec->target, (size_t)(q - spec->target));
+    o += q - spec->target;
+    char sep = '?';
+    bool dropped = false;
+    for (const char *p = q + 1; p < end;) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *pend = amp ? amp : end;
+        if ((size_t)(pend - p) >= 13 && memcmp(p, "access_token=", 13) == 0) {
+            dropped = true;
+        } else if (pend > p) {
+            *o++ = sep;
+            memcpy(o, p, (size_t)(pend - p));
+            o += pend - p;
+            sep = '&';
+        }
+        p = pend + 1;
+    }
+    if (dropped) {
+        spec->target = out;
+        spec->target_len = (size_t)(o - out);
+    }
+}
+
 void mx_hs_spec(mx_call_t *call, mx_upstream_spec_t *spec, const char *method, const char *target, size_t target_len,
                 const char *body, size_t body_len)
 {
@@ -109,6 +141,7 @@ void mx_hs_spec(mx_call_t *call, mx_upstream_spec_t *spec, const char *method, c
     spec->method = method;
     spec->target = target;
     spec->target_len = target_len;
+    without_access_token(call, spec);
     spec->body = body;
     spec->body_len = body_len;
     if (h2o_find_header(&call->req->headers, H2O_TOKEN_AUTHORIZATION, -1) >= 0) {

@@ -91,16 +91,22 @@ static void on_homeserver_answer(mx_call_t *call, const mx_hs_answer_t *a)
 
 void mx_mirror_forward(mx_call_t *call, const char *write_id, const char *body, size_t len, mx_hs_cb accepted)
 {
+    /* Every identity write is idempotent at the homeserver (the same keys again change nothing), so a request lost
+     * with a closed kept-alive connection may go again. */
+    mx_mirror_forward_as(call, write_id, "POST", body, len, true, accepted);
+}
+
+void mx_mirror_forward_as(mx_call_t *call, const char *write_id, const char *method, const char *body, size_t len,
+                          bool retry_safe, mx_hs_cb accepted)
+{
     mirror_t *m = mirror_of(call);
     m->write_id = write_id;
     m->accepted = accepted;
     h2o_req_t *req = call->req;
     size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
     mx_upstream_spec_t spec;
-    mx_hs_spec(call, &spec, "POST", req->path.base, path_len, body, len);
-    /* Every identity write is idempotent at the homeserver (the same keys again change nothing), so a request lost
-     * with a closed kept-alive connection may go again. */
-    spec.retry_safe = true;
+    mx_hs_spec(call, &spec, method, req->path.base, path_len, body, len);
+    spec.retry_safe = retry_safe;
     if (mx_hs_fetch(call, &spec, on_homeserver_answer) != 0) {
         m->after_end = AFTER_END_NOTHING; /* mx_hs_fetch answered already; the marker must still go */
         end_write(call);

@@ -4,25 +4,17 @@
  * are claimed through it (it federates) while the local part runs, and the answers are merged. */
 #include <string.h>
 #include "mxkeys/api.h"
-#include "mxkeys/hs_forward.h"
 #include "mxkeys/identity_mirror.h"
 #include "mxkeys/keys_remote.h"
 #include "mxkeys/keys_validate.h"
 
 typedef struct st_claim_t {
-    mx_buf_t *failures; /* standalone: other servers, encoded */
-    const char *remote; /* beside a homeserver: other servers' users, JSON text, or NULL */
-    const char *local;  /* the database's one_time_keys object, once it came */
+    mx_buf_t *failures;        /* standalone: other servers, encoded */
+    const char *remote;        /* beside a homeserver: other servers' users, JSON text, or NULL */
+    mx_keys_remote_ask_t *ask; /* ... asked of the homeserver */
+    const char *local;         /* the database's one_time_keys object, once it came */
     size_t local_len;
-    bool remote_pending;
-    json_t *remote_answer;
-    const char *remote_why;
 } claim_t;
-
-static void on_claim_dispose(void *p)
-{
-    json_decref(((claim_t *)p)->remote_answer);
-}
 
 static void respond(mx_call_t *call)
 {
@@ -33,13 +25,13 @@ static void respond(mx_call_t *call)
         mx_buf_append(buf, c->failures->data, c->failures->len);
     } else {
         mx_buf_putc(buf, '{');
-        mx_keys_remote_failures(c->remote_answer, c->remote, call->config->server_name, c->remote_why, buf);
+        mx_keys_remote_failures(c->ask->answer, c->remote, call->config->server_name, c->ask->why, buf);
         mx_buf_putc(buf, '}');
     }
     mx_buf_puts(buf, ",\"one_time_keys\":");
     /* the local object with the homeserver's users added before its closing brace */
     mx_buf_append(buf, c->local, c->local_len - 1);
-    mx_keys_remote_members(json_object_get(c->remote_answer, "one_time_keys"), call->config->server_name,
+    mx_keys_remote_members(json_object_get(c->ask ? c->ask->answer : NULL, "one_time_keys"), call->config->server_name,
                            c->local_len > 2, buf);
     mx_buf_puts(buf, "}}");
     mx_call_respond_buf(call, 200, buf);
@@ -48,45 +40,8 @@ static void respond(mx_call_t *call)
 static void maybe_respond(mx_call_t *call)
 {
     claim_t *c = call->data;
-    if (c->local != NULL && !c->remote_pending)
+    if (c->local != NULL && (c->ask == NULL || !c->ask->pending))
         respond(call);
-}
-
-static void on_remote(mx_call_t *call, const mx_hs_answer_t *a)
-{
-    claim_t *c = call->data;
-    c->remote_pending = false;
-    if (a->status == 200) {
-        c->remote_answer = json_loadb(a->body, a->len, JSON_REJECT_DUPLICATES, NULL);
-        if (!json_is_object(c->remote_answer)) {
-            json_decref(c->remote_answer);
-            c->remote_answer = NULL;
-            c->remote_why = "the homeserver's answer is not a JSON object";
-        }
-    } else {
-        c->remote_why = a->status == 0 ? (a->error == MX_UPSTREAM_TIMEOUT ? "the homeserver did not answer in time"
-                                                                          : "the homeserver cannot be reached")
-                                       : "the homeserver refused to ask other servers";
-    }
-    maybe_respond(call);
-}
-
-static void ask_homeserver(mx_call_t *call)
-{
-    claim_t *c = call->data;
-    mx_buf_t *body = mx_call_buf(call);
-    mx_buf_puts(body, "{\"one_time_keys\":");
-    mx_buf_puts(body, c->remote);
-    mx_buf_printf(body, ",\"timeout\":%u}", mx_keys_timeout_ms(call));
-    h2o_req_t *req = call->req;
-    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
-    mx_upstream_spec_t spec;
-    mx_hs_spec(call, &spec, "POST", req->path.base, path_len, body->data, body->len);
-    spec.deadline_ms = mx_keys_timeout_ms(call) + call->config->homeserver_timeout_ms;
-    /* not retry_safe: a claim sent twice hands out two keys */
-    c->remote_pending = true;
-    if (mx_hs_fetch(call, &spec, on_remote) != 0)
-        c->remote_pending = false;
 }
 
 static void on_claimed(mx_call_t *call, PGresult **results, size_t n)
@@ -100,7 +55,7 @@ static void on_claimed(mx_call_t *call, PGresult **results, size_t n)
 }
 
 /* one_time_keys[user]: device id -> algorithm. Counts each device. */
-static long check_algorithms(mx_call_t *call, const char *user, const json_t *devices)
+long mx_keys_claim_check_devices(mx_call_t *call, const char *user, const json_t *devices)
 {
     const char *device;
     json_t *algorithm;
@@ -121,17 +76,17 @@ static long check_algorithms(mx_call_t *call, const char *user, const json_t *de
 
 void mx_api_keys_claim(mx_call_t *call)
 {
-    claim_t *c = h2o_mem_alloc_shared(&call->req->pool, sizeof(*c), on_claim_dispose);
+    claim_t *c = mx_call_alloc(call, sizeof(*c));
     memset(c, 0, sizeof(*c));
     const char *wanted =
-        mx_keys_split_request(call, "one_time_keys", "user id -> device id -> algorithm", check_algorithms,
+        mx_keys_split_request(call, "one_time_keys", "user id -> device id -> algorithm", mx_keys_claim_check_devices,
                               &c->failures, mx_mirror_enabled(call) ? &c->remote : NULL);
     if (wanted == NULL)
         return;
     call->data = c;
-    if (c->remote != NULL)
-        ask_homeserver(call);
-    if (mx_call_answered(call))
+    /* not retry_safe: a claim sent twice hands out two keys */
+    if (c->remote != NULL &&
+        (c->ask = mx_keys_remote_ask(call, c->remote, "one_time_keys", false, maybe_respond)) == NULL)
         return;
     const char *params[1] = {wanted};
     mx_db_stmt_t stmt = {.id = MX_STMT_KEYS_CLAIM, .nparams = 1, .values = params};

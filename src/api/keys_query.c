@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/api.h"
-#include "mxkeys/hs_forward.h"
 #include "mxkeys/identity_mirror.h"
 #include "mxkeys/json_splice.h"
 #include "mxkeys/keys_remote.h"
@@ -17,20 +16,13 @@ static const char *const merged_maps[] = {"device_keys", "master_keys", "self_si
 #define NMAPS 4
 
 typedef struct st_query_t {
-    mx_buf_t *failures; /* the failures object, already encoded (standalone) */
-    const char *wanted; /* local users asked about, JSON text */
-    const char *remote; /* other servers' users, JSON text, or NULL */
-    const char *local;  /* the database's answer, once it came */
+    mx_buf_t *failures;        /* the failures object, already encoded (standalone) */
+    const char *wanted;        /* local users asked about, JSON text */
+    const char *remote;        /* other servers' users, JSON text, or NULL */
+    mx_keys_remote_ask_t *ask; /* ... asked of the homeserver */
+    const char *local;         /* the database's answer, once it came */
     size_t local_len;
-    bool remote_pending;    /* the homeserver has not answered yet */
-    json_t *remote_answer;  /* its answer, parsed (NULL: none or unusable) */
-    const char *remote_why; /* why there is none */
 } query_t;
-
-static void on_query_dispose(void *p)
-{
-    json_decref(((query_t *)p)->remote_answer);
-}
 
 /* The local answer with the homeserver's users merged into its maps, `failures` first. */
 static void respond_merged(mx_call_t *call)
@@ -46,14 +38,14 @@ static void respond_merged(mx_call_t *call)
         return;
     }
     mx_buf_putc(buf, '{');
-    mx_keys_remote_failures(q->remote_answer, q->remote, call->config->server_name, q->remote_why, buf);
+    mx_keys_remote_failures(q->ask->answer, q->remote, call->config->server_name, q->ask->why, buf);
     mx_buf_puts(buf, "},");
     mx_splice_rule_t rules[NMAPS];
     mx_buf_t *members = mx_call_buf(call);
     size_t starts[NMAPS + 1];
     for (int i = 0; i < NMAPS; i++) {
         starts[i] = members->len;
-        mx_keys_remote_members(json_object_get(q->remote_answer, merged_maps[i]), call->config->server_name, false,
+        mx_keys_remote_members(json_object_get(q->ask->answer, merged_maps[i]), call->config->server_name, false,
                                members);
     }
     starts[NMAPS] = members->len;
@@ -80,45 +72,8 @@ static void respond_merged(mx_call_t *call)
 static void maybe_respond(mx_call_t *call)
 {
     query_t *q = call->data;
-    if (q->local != NULL && !q->remote_pending)
+    if (q->local != NULL && (q->ask == NULL || !q->ask->pending))
         respond_merged(call);
-}
-
-static void on_remote(mx_call_t *call, const mx_hs_answer_t *a)
-{
-    query_t *q = call->data;
-    q->remote_pending = false;
-    if (a->status == 200) {
-        q->remote_answer = json_loadb(a->body, a->len, JSON_REJECT_DUPLICATES, NULL);
-        if (!json_is_object(q->remote_answer)) {
-            json_decref(q->remote_answer);
-            q->remote_answer = NULL;
-            q->remote_why = "the homeserver's answer is not a JSON object";
-        }
-    } else {
-        q->remote_why = a->status == 0 ? (a->error == MX_UPSTREAM_TIMEOUT ? "the homeserver did not answer in time"
-                                                                          : "the homeserver cannot be reached")
-                                       : "the homeserver refused to ask other servers";
-    }
-    maybe_respond(call);
-}
-
-static void ask_homeserver(mx_call_t *call)
-{
-    query_t *q = call->data;
-    mx_buf_t *body = mx_call_buf(call);
-    mx_buf_puts(body, "{\"device_keys\":");
-    mx_buf_puts(body, q->remote);
-    mx_buf_printf(body, ",\"timeout\":%u}", mx_keys_timeout_ms(call));
-    h2o_req_t *req = call->req;
-    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
-    mx_upstream_spec_t spec;
-    mx_hs_spec(call, &spec, "POST", req->path.base, path_len, body->data, body->len);
-    spec.retry_safe = true;
-    spec.deadline_ms = mx_keys_timeout_ms(call) + call->config->homeserver_timeout_ms;
-    q->remote_pending = true;
-    if (mx_hs_fetch(call, &spec, on_remote) != 0)
-        q->remote_pending = false; /* answered already */
 }
 
 static void query_local(mx_call_t *call);
@@ -169,15 +124,14 @@ static long check_devices(mx_call_t *call, const char *user, const json_t *devic
 
 void mx_api_keys_query(mx_call_t *call)
 {
-    query_t *q = h2o_mem_alloc_shared(&call->req->pool, sizeof(*q), on_query_dispose);
+    query_t *q = mx_call_alloc(call, sizeof(*q));
     memset(q, 0, sizeof(*q));
     q->wanted = mx_keys_split_request(call, "device_keys", "user id -> list of device ids", check_devices, &q->failures,
                                       mx_mirror_enabled(call) ? &q->remote : NULL);
     if (q->wanted == NULL)
         return;
     call->data = q;
-    if (q->remote != NULL)
-        ask_homeserver(call);
-    if (!mx_call_answered(call))
-        query_local(call);
+    if (q->remote != NULL && (q->ask = mx_keys_remote_ask(call, q->remote, "device_keys", true, maybe_respond)) == NULL)
+        return;
+    query_local(call);
 }

@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/call.h"
+#include "mxkeys/hs_forward.h"
 #include "mxkeys/json_writer.h"
 #include "mxkeys/keys_validate.h"
 
@@ -119,6 +120,18 @@ done:
     return result;
 }
 
+/* Appends `,"name":` (no comma before the first member of an object: *first). */
+static void put_name(mx_buf_t *out, bool *first, const char *name)
+{
+    if (!*first)
+        mx_buf_putc(out, ',');
+    *first = false;
+    mx_jw_t jw;
+    mx_jw_init(&jw, out);
+    mx_jw_string(&jw, name);
+    mx_buf_putc(out, ':');
+}
+
 size_t mx_keys_remote_members(const json_t *obj, const char *server_name, bool comma, mx_buf_t *out)
 {
     size_t n = 0;
@@ -133,12 +146,8 @@ size_t mx_keys_remote_members(const json_t *obj, const char *server_name, bool c
         char *text = json_dumps(value, JSON_COMPACT | JSON_ENCODE_ANY);
         if (text == NULL)
             continue;
-        if (comma || n > 0)
-            mx_buf_putc(out, ',');
-        mx_jw_t jw;
-        mx_jw_init(&jw, out);
-        mx_jw_string(&jw, user);
-        mx_buf_putc(out, ':');
+        bool first = !comma && n == 0;
+        put_name(out, &first, user);
         mx_buf_puts(out, text);
         free(text);
         n++;
@@ -169,13 +178,7 @@ void mx_keys_remote_failures(const json_t *answer, const char *remote, const cha
                 free(text);
                 continue;
             }
-            if (!first)
-                mx_buf_putc(out, ',');
-            first = false;
-            mx_jw_t jw;
-            mx_jw_init(&jw, out);
-            mx_jw_string(&jw, server);
-            mx_buf_putc(out, ':');
+            put_name(out, &first, server);
             mx_buf_puts(out, text);
             free(text);
         }
@@ -191,14 +194,9 @@ void mx_keys_remote_failures(const json_t *answer, const char *remote, const cha
     bool first = true;
     json_object_foreach(servers.servers, server, unused)
     {
-        if (!first)
-            mx_buf_putc(out, ',');
-        first = false;
+        put_name(out, &first, server);
         mx_jw_t jw;
         mx_jw_init(&jw, out);
-        mx_jw_string(&jw, server);
-        mx_buf_putc(out, ':');
-        mx_jw_init(&jw, out); /* a fresh writer: the value after the name needs no comma */
         mx_jw_object_begin(&jw);
         mx_jw_key(&jw, "errcode");
         mx_jw_string(&jw, "M_UNKNOWN");
@@ -208,4 +206,50 @@ void mx_keys_remote_failures(const json_t *answer, const char *remote, const cha
     }
     mx_keys_remote_free(&servers);
     json_decref(users);
+}
+
+static void on_ask_dispose(void *p)
+{
+    json_decref(((mx_keys_remote_ask_t *)p)->answer);
+}
+
+static void on_answer(mx_call_t *call, const mx_hs_answer_t *a)
+{
+    mx_keys_remote_ask_t *ask = call->ext;
+    ask->pending = false;
+    if (a->status == 200) {
+        ask->answer = json_loadb(a->body, a->len, JSON_REJECT_DUPLICATES, NULL);
+        if (!json_is_object(ask->answer)) {
+            json_decref(ask->answer);
+            ask->answer = NULL;
+            ask->why = "the homeserver's answer is not a JSON object";
+        }
+    } else {
+        ask->why = a->status == 0 ? (a->error == MX_UPSTREAM_TIMEOUT ? "the homeserver did not answer in time"
+                                                                     : "the homeserver cannot be reached")
+                                  : "the homeserver refused to ask other servers";
+    }
+    ask->then(call);
+}
+
+mx_keys_remote_ask_t *mx_keys_remote_ask(mx_call_t *call, const char *remote, const char *member, bool retry_safe,
+                                         void (*then)(mx_call_t *call))
+{
+    mx_keys_remote_ask_t *ask = h2o_mem_alloc_shared(&call->req->pool, sizeof(*ask), on_ask_dispose);
+    memset(ask, 0, sizeof(*ask));
+    ask->remote = remote;
+    ask->then = then;
+    call->ext = ask;
+    mx_buf_t *body = mx_call_buf(call);
+    mx_buf_printf(body, "{\"%s\":", member);
+    mx_buf_puts(body, remote);
+    mx_buf_printf(body, ",\"timeout\":%u}", mx_keys_timeout_ms(call));
+    h2o_req_t *req = call->req;
+    size_t path_len = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
+    mx_upstream_spec_t spec;
+    mx_hs_spec(call, &spec, "POST", req->path.base, path_len, body->data, body->len);
+    spec.retry_safe = retry_safe;
+    spec.deadline_ms = mx_keys_timeout_ms(call) + call->config->homeserver_timeout_ms;
+    ask->pending = true;
+    return mx_hs_fetch(call, &spec, on_answer) == 0 ? ask : NULL;
 }

@@ -49,6 +49,23 @@ const mx_route_t mx_routes[] = {
     ROOT(POST, "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", MX_ROUTE_USER, MX_BODY_NONE,
          mx_api_sliding_sync),
 
+    /* beside a homeserver: the device lifecycle, forwarded, with mxkeys' part done before the answer */
+    CLIENT(GET, "/login", MX_ROUTE_PUBLIC, MX_BODY_NONE, mx_api_login_flows),
+    CLIENT(POST, "/login", MX_ROUTE_PUBLIC, MX_BODY_OBJECT, mx_api_login),
+    CLIENT(POST, "/logout", MX_ROUTE_USER, MX_BODY_NONE, mx_api_logout),
+    CLIENT(POST, "/logout/all", MX_ROUTE_USER, MX_BODY_NONE, mx_api_logout_all),
+    CLIENT(GET, "/devices", MX_ROUTE_USER, MX_BODY_NONE, mx_api_devices_list),
+    CLIENT(GET, "/devices/{deviceId}", MX_ROUTE_USER, MX_BODY_NONE, mx_api_device_get),
+    CLIENT(PUT, "/devices/{deviceId}", MX_ROUTE_USER, MX_BODY_OBJECT, mx_api_device_update),
+    CLIENT(DELETE, "/devices/{deviceId}", MX_ROUTE_USER, MX_BODY_NONE, mx_api_device_delete),
+    CLIENT(POST, "/delete_devices", MX_ROUTE_USER, MX_BODY_OBJECT, mx_api_delete_devices),
+    CLIENT(POST, "/account/deactivate", MX_ROUTE_USER, MX_BODY_NONE, mx_api_account_deactivate),
+
+    /* federation: other servers claiming our users' one-time keys */
+    ROOT(POST, "/_matrix/federation/v1/user/keys/claim", MX_ROUTE_SERVER, MX_BODY_OBJECT, mx_api_federation_claim),
+    ROOT(POST, "/_matrix/federation/unstable/user/keys/claim", MX_ROUTE_PUBLIC, MX_BODY_NONE,
+         mx_api_federation_claim_unstable),
+
     /* homeserver integration */
     ROOT(DELETE, "/_mxkeys/admin/v1/users/{userId}/devices/{deviceId}", MX_ROUTE_ADMIN, MX_BODY_NONE,
          mx_api_admin_delete_device),

@@ -17,6 +17,7 @@
 #define HIGH_WATER (256u << 10)    /* pending bytes at which the homeserver's connection is paused */
 #define LOW_WATER (64u << 10)      /* ... and resumed */
 #define MAX_POLL_MS (600u * 1000u) /* the longest long-poll timeout honoured in mxkeys' own deadline */
+#define COUNTS_PATIENCE_MS 5000    /* how long an answer waits for room in the database queue */
 
 typedef struct st_sync_t {
     h2o_generator_t generator; /* first member: h2o hands it back to proceed/stop */
@@ -31,6 +32,8 @@ typedef struct st_sync_t {
     bool final_sent;
     bool paused;
     bool splice_failed;
+    bool counts_asked, counts_in; /* the counts query went / came back */
+    unsigned count_tries;
     mx_buf_t raw;    /* body bytes that came before the counts */
     mx_buf_t out[2]; /* out[send]: with h2o; out[!send]: filling */
     int send;
@@ -123,17 +126,16 @@ static void start_answer(sync_t *s, int status)
     mx_call_stream_start(s->call, status, &s->generator);
 }
 
-static void on_counts(mx_call_t *call, PGresult **results, size_t n)
+/* The answer's head is in and the counts too: the rules are set and the bytes held so far go through them. */
+static void apply_counts(sync_t *s)
 {
-    sync_t *s = call->ext;
-    if (!mx_call_results_ok(call, results, n))
-        return;
-    s->otk_counts = mx_call_strdup(call, PQgetvalue(results[0], 0, 0), (size_t)PQgetlength(results[0], 0, 0));
-    s->fallback_types = mx_call_strdup(call, PQgetvalue(results[0], 0, 1), (size_t)PQgetlength(results[0], 0, 1));
-    const char *otk = s->sliding ? "device_one_time_keys_count" : NULL;
     if (s->sliding) {
-        s->rules[0] = (mx_splice_rule_t){{"extensions", "e2ee", otk}, 3,   MX_SPLICE_REPLACE, s->otk_counts,
-                                         strlen(s->otk_counts),       true};
+        s->rules[0] = (mx_splice_rule_t){{"extensions", "e2ee", "device_one_time_keys_count"},
+                                         3,
+                                         MX_SPLICE_REPLACE,
+                                         s->otk_counts,
+                                         strlen(s->otk_counts),
+                                         true};
         s->rules[1] = (mx_splice_rule_t){{"extensions", "e2ee", "device_unused_fallback_key_types"},
                                          3,
                                          MX_SPLICE_REPLACE,
@@ -165,7 +167,54 @@ static void on_counts(mx_call_t *call, PGresult **results, size_t n)
     start_answer(s, 200);
     take(s, s->raw.data ? s->raw.data : "", s->raw.len);
     mx_buf_free(&s->raw);
+    if (s->upstream_done && !s->splice_failed && mx_splice_finish(&s->splice, &s->out[!s->send]) != 0)
+        mx_warn("%s: the homeserver's answer ended early or was not JSON", s->call->route->name);
     flush(s);
+}
+
+static void read_counts(mx_call_t *call);
+
+static void on_counts(mx_call_t *call, PGresult **results, size_t n)
+{
+    sync_t *s = call->ext;
+    if (s->started && !s->splicing)
+        return;   /* read ahead for an answer that turned out to need none */
+    if (n == 0) { /* the connection dropped: ask again */
+        read_counts(call);
+        return;
+    }
+    if (!mx_call_results_ok(call, results, n))
+        return;
+    s->otk_counts = mx_call_strdup(call, PQgetvalue(results[0], 0, 0), (size_t)PQgetlength(results[0], 0, 0));
+    s->fallback_types = mx_call_strdup(call, PQgetvalue(results[0], 0, 1), (size_t)PQgetlength(results[0], 0, 1));
+    s->counts_in = true;
+    if (s->splicing) /* else the head has not come yet (read ahead), or it needs no counts */
+        apply_counts(s);
+}
+
+/* The counts of the calling device. When the database's queue is full (thousands of held polls the homeserver ends
+ * at once all want theirs), the answer waits for room, bounded, instead of failing: the homeserver's answer must
+ * not be dropped for want of two numbers. */
+static void read_counts(mx_call_t *call)
+{
+    sync_t *s = call->ext;
+    const char *params[2] = {call->user_id, call->device_id};
+    mx_db_stmt_t stmt = {.id = MX_STMT_SYNC_KEY_COUNTS, .nparams = 2, .values = params};
+    if (mx_call_db_quiet(call, &stmt, 1, on_counts) == 0)
+        return;
+    if (++s->count_tries * MX_CALL_LATER_MS < COUNTS_PATIENCE_MS) {
+        mx_call_later(call, read_counts);
+        return;
+    }
+    if (s->up != NULL) {
+        mx_upstream_cancel(s->up);
+        s->up = NULL;
+    }
+    if (s->started)
+        mx_call_stream_abort(call);
+    else
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, "\"retry_after_ms\":1000",
+                            "the database is unavailable; sync again shortly");
 }
 
 /* ---- the homeserver's answer ------------------------------------------------------------------------------------ */
@@ -174,6 +223,10 @@ static int on_head(void *data, int status, const h2o_header_t *headers, size_t n
 {
     sync_t *s = data;
     mx_call_t *call = s->call;
+    if (mx_call_answered(call)) { /* the counts read ahead failed, and that was answered */
+        s->up = NULL;
+        return -1;
+    }
     bool json = false;
     for (size_t i = 0; i < n; i++) {
         const h2o_header_t *h = &headers[i];
@@ -189,10 +242,14 @@ static int on_head(void *data, int status, const h2o_header_t *headers, size_t n
     }
     if (status == 200 && json && call->device_id[0] != '\0') {
         s->splicing = true;
-        const char *params[2] = {call->user_id, call->device_id};
-        mx_db_stmt_t stmt = {.id = MX_STMT_SYNC_KEY_COUNTS, .nparams = 2, .values = params};
-        /* read now, not when the poll began: claims made meanwhile count */
-        return mx_call_db(call, &stmt, 1, on_counts) == 0 ? 0 : -1;
+        if (s->counts_in)
+            apply_counts(s);
+        else if (!s->counts_asked) {
+            /* read now, not when the poll began: claims made meanwhile count */
+            s->counts_asked = true;
+            read_counts(call);
+        }
+        return 0;
     }
     s->counts_ready = true;
     start_answer(s, status);
@@ -202,8 +259,10 @@ static int on_head(void *data, int status, const h2o_header_t *headers, size_t n
 static int on_body(void *data, const char *bytes, size_t len, bool final)
 {
     sync_t *s = data;
-    if (mx_call_answered(s->call) && !s->started)
-        return -1; /* answered otherwise (the database failed while the counts were read) */
+    if (mx_call_answered(s->call) && !s->started) {
+        s->up = NULL; /* answered otherwise (the database failed while the counts were read): freed on return */
+        return -1;
+    }
     if (final) {
         s->upstream_done = true;
         s->up = NULL; /* freed after this returns */
@@ -212,11 +271,10 @@ static int on_body(void *data, const char *bytes, size_t len, bool final)
         mx_buf_append(&s->raw, bytes, len);
     else
         take(s, bytes, len);
-    if (final && s->splicing && !s->splice_failed && s->counts_ready &&
-        mx_splice_finish(&s->splice, &s->out[!s->send]) != 0)
-        mx_warn("%s: the homeserver's answer ended early or was not JSON", s->call->route->name);
     if (final && s->splicing && !s->counts_ready)
-        return 0; /* on_counts finishes it */
+        return 0; /* apply_counts finishes it */
+    if (final && s->splicing && !s->splice_failed && mx_splice_finish(&s->splice, &s->out[!s->send]) != 0)
+        mx_warn("%s: the homeserver's answer ended early or was not JSON", s->call->route->name);
     if (!final)
         backpressure(s);
     flush(s);
@@ -271,12 +329,19 @@ static void forward_sync(mx_call_t *call, bool sliding)
     mx_upstream_spec_t spec;
     mx_hs_spec(call, &spec, method, req->path.base, req->path.len, req->entity.base,
                req->entity.base ? req->entity.len : 0);
-    spec.deadline_ms = poll_timeout_ms(call) + call->config->homeserver_timeout_ms;
+    unsigned poll_ms = poll_timeout_ms(call);
+    spec.deadline_ms = poll_ms + call->config->homeserver_timeout_ms;
     spec.long_poll = true;
     spec.retry_safe = true; /* a sync changes nothing by being asked twice */
     if (mx_upstream_start(call->worker->homeserver, &spec, &sync_handlers, s, &s->up) != 0) {
         s->up = NULL;
         mx_call_error(call, MX_ERR_HS_UNREACHABLE, "cannot send this request to the homeserver");
+        return;
+    }
+    /* A poll that is answered at once: the counts are read while the homeserver works, not after it. */
+    if (poll_ms == 0 && !mx_call_answered(call) && call->device_id[0] != '\0' && !s->counts_asked) {
+        s->counts_asked = true;
+        read_counts(call);
     }
 }
 

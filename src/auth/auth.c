@@ -6,6 +6,7 @@
 #include <string.h>
 #include "mxkeys/db.h"
 #include "mxkeys/log.h"
+#include "mxkeys/revocations.h"
 #include "mxkeys/whoami_client.h"
 
 #define CACHE_SLOTS 65536 /* power of two; at most 3/4 used */
@@ -22,6 +23,8 @@ typedef struct st_entry_t {
     uint64_t expires; /* h2o_now() milliseconds */
     char *user_id;    /* malloc'd, positive entries only */
     char *device_id;
+    uint64_t gen; /* revocations generation the entry is known to be clear of */
+    bool soft;    /* negative: the homeserver said soft_logout */
 } entry_t;
 
 /* One look-up in flight (or queued) for one token, with everybody waiting for it. */
@@ -36,12 +39,14 @@ typedef struct st_pending_t {
     mx_whoami_req_t *whoami;
     char *token; /* queued look-ups only: the token must be sent later; wiped and freed once sent */
     size_t token_len;
+    uint64_t gen; /* revocations generation when the look-up began: its answer may predate a revocation */
 } pending_t;
 
 struct st_mx_auth_t {
     h2o_evloop_t *loop;
     const mx_config_t *config;
     struct st_mx_db_pool_t *db;
+    mx_revocations_t *revocations;
     mx_whoami_client_t *whoami;
     entry_t *slots;
     size_t used;
@@ -63,11 +68,12 @@ void mx_token_hash_hex(const char *token, size_t len, char out[65])
 }
 
 mx_auth_t *mx_auth_new(h2o_evloop_t *loop, const mx_config_t *config, struct st_mx_db_pool_t *db,
-                       struct st_mx_upstream_t *homeserver)
+                       struct st_mx_upstream_t *homeserver, mx_revocations_t *revocations)
 {
     mx_auth_t *auth = calloc(1, sizeof(*auth));
     if (auth == NULL)
         return NULL;
+    auth->revocations = revocations;
     auth->loop = loop;
     auth->config = config;
     auth->db = db;
@@ -152,7 +158,8 @@ static void cache_sweep(mx_auth_t *auth)
     free(old);
 }
 
-static void cache_put(mx_auth_t *auth, const uint8_t hash[32], bool ok, const char *user_id, const char *device_id)
+static void cache_put(mx_auth_t *auth, const uint8_t hash[32], bool ok, const char *user_id, const char *device_id,
+                      uint64_t gen, bool soft)
 {
     unsigned ttl = ok ? auth->config->token_cache_ms : auth->config->token_negative_ms;
     if (ttl == 0)
@@ -179,6 +186,8 @@ static void cache_put(mx_auth_t *auth, const uint8_t hash[32], bool ok, const ch
     e->expires = h2o_now(auth->loop) + ttl;
     e->user_id = ok ? strdup(user_id) : NULL;
     e->device_id = ok ? strdup(device_id ? device_id : "") : NULL;
+    e->gen = gen;
+    e->soft = soft;
 }
 
 /* ---- pending look-ups ------------------------------------------------------------------------------------------- */
@@ -195,8 +204,11 @@ static void token_forget(pending_t *p)
 /* Answers every waiter and frees the look-up. Waiters are detached first: a callback may resolve again. */
 static void pending_finish(pending_t *p, mx_auth_status_t status, const char *user_id, const char *device_id)
 {
-    if (status == MX_AUTH_OK || status == MX_AUTH_UNKNOWN_TOKEN)
-        cache_put(p->auth, p->hash, status == MX_AUTH_OK, user_id, device_id);
+    /* An answer given before a revocation that happened meanwhile must not be trusted. */
+    if (status == MX_AUTH_OK && mx_revocations_check(p->auth->revocations, p->gen, user_id, device_id))
+        status = MX_AUTH_UNKNOWN_TOKEN, user_id = device_id = NULL;
+    if (status == MX_AUTH_OK || status == MX_AUTH_UNKNOWN_TOKEN || status == MX_AUTH_SOFT_LOGOUT)
+        cache_put(p->auth, p->hash, status == MX_AUTH_OK, user_id, device_id, p->gen, status == MX_AUTH_SOFT_LOGOUT);
     h2o_linklist_unlink(&p->link);
     h2o_linklist_t waiters;
     h2o_linklist_init_anchor(&waiters);
@@ -241,6 +253,9 @@ static void on_whoami(void *data, mx_whoami_status_t status, const char *user_id
         break;
     case MX_WHOAMI_UNKNOWN_TOKEN:
         pending_finish(p, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+        break;
+    case MX_WHOAMI_SOFT_LOGOUT:
+        pending_finish(p, MX_AUTH_SOFT_LOGOUT, NULL, NULL);
         break;
     default:
         pending_finish(p, MX_AUTH_UNAVAILABLE, NULL, NULL);
@@ -315,6 +330,7 @@ static void start_lookup(mx_auth_t *auth, const char *token, size_t len, const u
         return;
     }
     p->auth = auth;
+    p->gen = mx_revocations_gen(auth->revocations);
     memcpy(p->hash, hash, 32);
     sodium_bin2hex(p->hex, sizeof(p->hex), hash, 32);
     h2o_linklist_init_anchor(&p->waiters);
@@ -359,10 +375,21 @@ void mx_auth_resolve(mx_auth_t *auth, const char *token, size_t len, mx_auth_wai
     crypto_hash_sha256(hash, (const unsigned char *)token, len);
     entry_t *e = cache_find(auth, hash);
     if (e != NULL && e->expires > h2o_now(auth->loop)) {
+        uint64_t gen = mx_revocations_gen(auth->revocations);
+        if (e->ok && gen != e->gen) {
+            if (mx_revocations_check(auth->revocations, e->gen, e->user_id, e->device_id)) {
+                free(e->user_id);
+                free(e->device_id);
+                e->user_id = e->device_id = NULL;
+                e->ok = false; /* revoked: answered as unknown until the entry expires */
+            } else {
+                e->gen = gen;
+            }
+        }
         if (e->ok)
             waiter->cb(waiter, MX_AUTH_OK, e->user_id, e->device_id);
         else
-            waiter->cb(waiter, MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
+            waiter->cb(waiter, e->soft ? MX_AUTH_SOFT_LOGOUT : MX_AUTH_UNKNOWN_TOKEN, NULL, NULL);
         return;
     }
     for (h2o_linklist_t *l = auth->pending.next; l != &auth->pending; l = l->next) {

@@ -100,7 +100,9 @@ static void conclude(mx_whoami_req_t *req, const char *body, size_t len)
     json_t *v = json_loadb(body, len, JSON_REJECT_DUPLICATES, NULL);
     const char *errcode = json_string_value(json_object_get(v, "errcode"));
     if (req->status == 401) {
-        finish(req, MX_WHOAMI_UNKNOWN_TOKEN, NULL, NULL);
+        /* soft_logout is the homeserver's word to the client: it is passed on with mxkeys' own 401 */
+        finish(req, json_is_true(json_object_get(v, "soft_logout")) ? MX_WHOAMI_SOFT_LOGOUT : MX_WHOAMI_UNKNOWN_TOKEN,
+               NULL, NULL);
     } else if (req->status == 403) {
         /* 403 is a token verdict only when the homeserver says so; any other 403 is not a reason to log a client
          * out (a 401 from mxkeys makes clients drop the session), so it is an outage-like answer. */

@@ -39,6 +39,7 @@ typedef struct st_setting_t {
 } setting_t;
 
 #define FIELD(f) offsetof(mx_config_t, f)
+#define TOKEN_CACHE_UNSET UINT_MAX
 
 static const setting_t settings[] = {
     {"listen", KIND_LISTEN, 0, "127.0.0.1:8088", "address to listen on: host:port or [v6]:port"},
@@ -58,9 +59,15 @@ static const setting_t settings[] = {
     {"auth", KIND_AUTH, FIELD(auth_mode), "local", "local (tokens minted by `mxkeysd token create`) or homeserver"},
     {"homeserver-url", KIND_URL, FIELD(homeserver_url), "none",
      "http://host[:port][/prefix], required by --auth homeserver"},
+    {"homeserver-federation-url", KIND_URL, FIELD(homeserver_federation_url), "--homeserver-url",
+     "http://host[:port] of the homeserver's federation listener: the notary for other servers' keys when they "
+     "claim one-time keys over federation"},
+    {"federation-claims-per-minute", KIND_NONNEGATIVE, FIELD(federation_claims_per_minute), "600",
+     "one-time keys one other server may claim per minute (0: no limit)"},
     {"homeserver-timeout-ms", KIND_POSITIVE, FIELD(homeserver_timeout_ms), "10000",
      "bound on one request forwarded to the homeserver (beyond a /sync long-poll's own timeout)"},
-    {"token-cache-ms", KIND_NONNEGATIVE, FIELD(token_cache_ms), "60000", "how long a resolved token is cached"},
+    {"token-cache-ms", KIND_NONNEGATIVE, FIELD(token_cache_ms), "60000 (local), 10000 (homeserver)",
+     "how long a resolved token is cached: also how long a token revoked at the homeserver keeps working"},
     {"token-negative-ms", KIND_NONNEGATIVE, FIELD(token_negative_ms), "2000", "how long a failed look-up is cached"},
     {"admin-token", KIND_STRING, FIELD(admin_token), "none: admin API disabled", "bearer token for the admin API"},
     {"validation", KIND_VALIDATION, FIELD(validation), "strict", "strict or lenient checking of uploaded keys"},
@@ -93,7 +100,9 @@ void mx_config_defaults(mx_config_t *cfg)
     cfg->auth_mode = MX_AUTH_LOCAL;
     cfg->homeserver_url = NULL;
     cfg->homeserver_timeout_ms = 10000;
-    cfg->token_cache_ms = 60000;
+    cfg->token_cache_ms = TOKEN_CACHE_UNSET; /* set after parsing, by auth mode */
+    cfg->homeserver_federation_url = NULL;
+    cfg->federation_claims_per_minute = 600;
     cfg->token_negative_ms = 2000;
     cfg->admin_token = NULL;
     cfg->validation = MX_VALIDATION_STRICT;
@@ -108,8 +117,10 @@ void mx_config_free(mx_config_t *cfg)
     free(cfg->database_url);
     free(cfg->state_dir);
     free(cfg->homeserver_url);
+    free(cfg->homeserver_federation_url);
     free(cfg->admin_token);
     cfg->server_name = cfg->database_url = cfg->state_dir = cfg->homeserver_url = cfg->admin_token = NULL;
+    cfg->homeserver_federation_url = NULL;
 }
 
 /* Decimal digits only: strtoul would accept " 7", "+7", "-1" (wrapping) and "0x10". */
@@ -523,6 +534,10 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
         goto failed;
     if (cli->command == MX_CMD_HELP || cli->command == MX_CMD_VERSION)
         return 0;
+    /* Beside a homeserver a token can also be revoked there, behind mxkeys' back: the cache is what bounds how long
+     * such a token keeps working here, so it is shorter (each worker asks again every 10 s per active token). */
+    if (cli->config.token_cache_ms == TOKEN_CACHE_UNSET)
+        cli->config.token_cache_ms = cli->config.auth_mode == MX_AUTH_HOMESERVER ? 10000 : 60000;
     if (cli->config.auth_mode == MX_AUTH_HOMESERVER && cli->config.homeserver_url == NULL) {
         mx_fail(err, errlen, "--auth homeserver requires --homeserver-url (or MXKEYS_HOMESERVER_URL)");
         goto failed;

@@ -3,6 +3,7 @@
 #include "mxkeys/metrics.h"
 #include <stdlib.h>
 #include <string.h>
+#include "mxkeys/api.h"
 #include "mxkeys/call.h"
 #include "mxkeys/db.h"
 #include "mxkeys/offload.h"
@@ -188,7 +189,19 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                       "# TYPE mxkeys_homeserver_inflight gauge\n"
                       "mxkeys_homeserver_inflight %u\n",
                       hs.requests, hs.unreachable, hs.timeouts, hs.inflight);
+        mx_buf_printf(out,
+                      "# HELP mxkeys_device_removals_retried_total Removals of a device's keys retried after the "
+                      "homeserver removed the device.\n"
+                      "# TYPE mxkeys_device_removals_retried_total counter\n"
+                      "mxkeys_device_removals_retried_total %llu\n"
+                      "# HELP mxkeys_device_removals_failed_total Removals that failed every retry (the keys are "
+                      "still served: remove them with the admin API).\n"
+                      "# TYPE mxkeys_device_removals_failed_total counter\n"
+                      "mxkeys_device_removals_failed_total %llu\n",
+                      __atomic_load_n(&server->removal_retries, __ATOMIC_RELAXED),
+                      __atomic_load_n(&server->removal_failures, __ATOMIC_RELAXED));
     }
+    mx_api_federation_metrics(server, out);
     mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
                   server->nworkers);
     if (server->offload != NULL) {

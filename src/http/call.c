@@ -266,6 +266,9 @@ void mx_call_db_error(mx_call_t *call, const PGresult *res)
 
 /* ---- auth ------------------------------------------------------------------------------------------------------ */
 
+/* Implemented in call_server_auth.c. */
+void mx_call_server_auth(mx_call_t *call, void (*next)(mx_call_t *call));
+
 static void run_handler(mx_call_t *call)
 {
     call->route->handler(call);
@@ -284,6 +287,10 @@ static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const cha
         return;
     case MX_AUTH_UNKNOWN_TOKEN:
         mx_call_error(call, MX_ERR_UNKNOWN_TOKEN, "unrecognised access token");
+        return;
+    case MX_AUTH_SOFT_LOGOUT:
+        mx_call_error_extra(call, MX_ERR_UNKNOWN_TOKEN, "\"soft_logout\":true",
+                            "the homeserver no longer accepts this access token: log in again");
         return;
     case MX_AUTH_BUSY:
         mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100", "server busy; retry shortly");
@@ -346,6 +353,9 @@ static void authorise(mx_call_t *call)
         run_handler(call);
         return;
     }
+    case MX_ROUTE_SERVER:
+        mx_call_server_auth(call, run_handler);
+        return;
     case MX_ROUTE_USER:
         if ((token = mx_call_access_token(call, &len)) == NULL) {
             mx_call_error(call, MX_ERR_MISSING_TOKEN, "missing access token");

@@ -18,7 +18,9 @@
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/notify.h"
+#include "mxkeys/server_keys.h"
 #include "mxkeys/upstream.h"
+#include "mxkeys/revocations.h"
 #include "mxkeys/call.h"
 
 /* Defined in call.c: the single h2o handler that routes every request. */
@@ -81,6 +83,30 @@ static void stop_accepting(mx_worker_t *w)
     }
 }
 
+/* Federation claims: other servers' keys come through the homeserver as notary, on its federation listener (the
+ * homeserver client itself when that is the same URL). */
+static int start_federation(mx_worker_t *w)
+{
+    const mx_config_t *cfg = w->server->config;
+    const char *url = cfg->homeserver_federation_url ? cfg->homeserver_federation_url : cfg->homeserver_url;
+    if (url == NULL)
+        return 0;
+    mx_upstream_t *up = w->homeserver;
+    if (up == NULL || strcmp(url, cfg->homeserver_url) != 0) {
+        char err[256];
+        if ((up = mx_upstream_new(w->loop, url, cfg->homeserver_timeout_ms, err, sizeof(err))) == NULL) {
+            mx_error("worker %u: --homeserver-federation-url: %s", w->index, err);
+            return -1;
+        }
+        w->federation = up;
+    }
+    if ((w->server_keys = mx_server_keys_new(w->loop, up, cfg->server_name, cfg->homeserver_timeout_ms)) == NULL) {
+        mx_error("worker %u: out of memory", w->index);
+        return -1;
+    }
+    return 0;
+}
+
 static void *worker_run(void *arg)
 {
     mx_worker_t *w = arg;
@@ -106,7 +132,13 @@ static void *worker_run(void *arg)
         }
         __atomic_store_n(&w->homeserver, up, __ATOMIC_RELEASE); /* /metrics on other workers reads it */
     }
-    w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver);
+    w->auth = mx_auth_new(w->loop, cfg, w->db, w->homeserver, server->revocations);
+    if (w->index == 0 && server->revocations != NULL && w->db != NULL)
+        mx_revocations_follow(server->revocations, w->loop, w->db); /* one worker follows other instances' */
+    if (start_federation(w) != 0) {
+        atomic_store(&server->stopping, true);
+        return NULL;
+    }
     int fd = fcntl(server->listen_fd, F_DUPFD_CLOEXEC, 0);
     if (w->db == NULL || w->auth == NULL || fd < 0) {
         mx_error("worker %u: start-up failed", w->index);
@@ -229,7 +261,10 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     server->nworkers = cfg->workers;
     server->workers = calloc(server->nworkers, sizeof(mx_worker_t));
     server->offload = mx_offload_pool_new(server->nworkers);
-    if (server->workers == NULL || server->offload == NULL)
+    if (cfg->auth_mode == MX_AUTH_HOMESERVER)
+        server->revocations = mx_revocations_new(cfg->token_cache_ms + 60000);
+    if (server->workers == NULL || server->offload == NULL ||
+        (cfg->auth_mode == MX_AUTH_HOMESERVER && server->revocations == NULL))
         return -1;
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];
@@ -255,6 +290,8 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];
         mx_auth_free(w->auth);
+        mx_server_keys_free(w->server_keys);
+        mx_upstream_free(w->federation);
         mx_db_pool_free(w->db);
         mx_upstream_free(w->homeserver);
     }

@@ -17,7 +17,9 @@ conversation(base_url, hs, timeout=STEP_TIMEOUT) -> {
     "bob2_undecryptable": [event ids bob2 could not decrypt], "alice_undecryptable": [...]}
     alice and bob log in, alice creates an encrypted room and invites bob, bob joins; bob's second device logs in
     later; alice (once her client knows that device, learnt from device_lists in her /sync) sends an encrypted
-    message; bob2 decrypts it; bob2 replies and alice decrypts the reply.
+    message; bob2 decrypts it; bob2 replies and alice decrypts the reply. With logout_bob2, bob2 then logs out over
+    HTTP and "after_logout" = {"gone", "to_device_for_gone": to-device messages alice's client sent it afterwards,
+    "last", "bob1_plaintext"}: alice's client drops the device and her next message reaches bob's phone only.
 
 replenish(base_url, hs, claims=30, timeout=STEP_TIMEOUT) -> {
     "user", "device", "initial_count", "claimed": [key ids claimed], "uploads": [signed_curve25519 count answered to
@@ -135,7 +137,7 @@ def _localpart(prefix):
     return f"{prefix}-{secrets.token_hex(4)}"
 
 
-async def conversation(base_url, hs, timeout=STEP_TIMEOUT):
+async def conversation(base_url, hs, timeout=STEP_TIMEOUT, logout_bob2=False):
     alice_id = hs.register(_localpart("alice"))
     bob_id = hs.register(_localpart("bob"))
     alice = Client(base_url, alice_id, device_name="alice phone")
@@ -207,7 +209,33 @@ async def conversation(base_url, hs, timeout=STEP_TIMEOUT):
             raise ScenarioError(f"bob2's send failed: {r}")
         reply_id = r.event_id
         await until(lambda: fail_undecryptable(alice, reply_id), timeout, "alice to decrypt bob2's reply", clients)
+        after_logout = None
+        if logout_bob2:
+            # bob's laptop logs out: alice's client learns it from the device-list stream, finds the device gone in
+            # /keys/query, and encrypts her next message for bob's phone alone
+            gone = bob2.device_id
+            await bob2.close()
+            clients.remove(bob2)
+            r = await asyncio.wait_for(asyncio.to_thread(
+                requests.post, base_url + CLIENT_PREFIX + "/logout", json={},
+                headers={"Authorization": f"Bearer {bob2.nio.access_token}"}, timeout=10), timeout)
+            if r.status_code != 200:
+                raise ScenarioError(f"bob2's logout failed: {r.status_code} {r.text}")
+            await until(lambda: gone not in alice.known_devices(bob_id), timeout,
+                        "alice's client to drop bob's logged-out device", clients)
+            mark = len(hs.requests)
+            last = "still there, bob? " + secrets.token_hex(3)
+            r = await asyncio.wait_for(alice.nio.room_send(room_id, "m.room.message",
+                                                           {"msgtype": "m.text", "body": last},
+                                                           ignore_unverified_devices=True), timeout)
+            if not isinstance(r, RoomSendResponse):
+                raise ScenarioError(f"alice's last send failed: {r}")
+            await until(lambda: got(bob1, r.event_id) is not None, timeout, "bob's phone to decrypt it", clients)
+            to_gone = [q for q in hs.requests[mark:] if "/sendToDevice/" in q["path"] and gone.encode() in q["body"]]
+            after_logout = {"gone": gone, "to_device_for_gone": len(to_gone), "bob1_plaintext": got(bob1, r.event_id),
+                            "last": last}
         return {
+            "after_logout": after_logout,
             "room_id": room_id, "alice": alice_id, "bob": bob_id, "alice_device": alice.device_id,
             "bob_devices": [bob1.device_id, bob2.device_id],
             "sent": sent, "bob2_plaintext": got(bob2, sent_id),
@@ -260,6 +288,13 @@ async def replenish(base_url, hs, claims=30, timeout=STEP_TIMEOUT):
             if len(got) != 1:
                 raise ScenarioError(f"claim answered {r.json()}")
             claimed.extend(got)
+        # nio acts on a /sync only when its next_batch moved (a claim moves no stream): some news, any news, as a
+        # real server has all the time. Here dave changes his account data.
+        r = await asyncio.wait_for(asyncio.to_thread(
+            requests.put, base_url + CLIENT_PREFIX + f"/user/{dave_id}/account_data/org.example.tick",
+            json={"at": time.time()}, headers={"Authorization": f"Bearer {dave_token}"}, timeout=10), timeout)
+        if r.status_code != 200:
+            raise ScenarioError(f"dave's account data failed: {r.status_code} {r.text}")
 
         upload_url = base_url + CLIENT_PREFIX + "/keys/upload"
 

@@ -251,6 +251,26 @@ TO_MXKEYS += [
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", b'{"lists": {}}'),
     ("POST", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync?pos=42&timeout=30000",
      b'{"extensions": {"e2ee": {"enabled": true}}}'),
+    # federation claims: the exact paths, the signed target untouched (an encoded spelling is mxkeys' to refuse)
+    ("POST", "/_matrix/federation/v1/user/keys/claim", b'{"one_time_keys": {}}'),
+    ("POST", "/_matrix/federation/v1/user/keys/claim?x=%2F%41%20b", b'{"one_time_keys": {}}'),
+    ("POST", "/_matrix/federation/v1/user/keys/cl%61im", b'{"one_time_keys": {}}'),
+    ("GET", "/_matrix/federation/v1/user/keys/claim", None),
+    ("POST", "/_matrix/federation/unstable/user/keys/claim", b'{"one_time_keys": {}}'),
+]
+
+# The device lifecycle (sidecar part 2): forwarded by mxkeys, which does its own part first.
+TO_MXKEYS += [
+    ("GET", "/_matrix/client/v3/login", None),
+    ("POST", "/_matrix/client/r0/login", b'{"type": "m.login.password"}'),
+    ("POST", "/_matrix/client/v3/logout", b"{}"),
+    ("POST", "/_matrix/client/v3/logout/all", b"{}"),
+    ("GET", "/_matrix/client/v3/devices", None),
+    ("GET", "/_matrix/client/r0/devices/ABCDEF", None),
+    ("PUT", "/_matrix/client/v3/devices/ABC%2BDEF", b'{"display_name": "x"}'),
+    ("DELETE", "/_matrix/client/v3/devices/ABCDEF", b"{}"),
+    ("POST", "/_matrix/client/v3/delete_devices", b'{"devices": []}'),
+    ("POST", "/_matrix/client/v3/account/deactivate", b"{}"),
 ]
 
 TO_HOMESERVER = [
@@ -267,11 +287,19 @@ TO_HOMESERVER = [
     ("OPTIONS", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", None),
     ("GET", "/_matrix/client/unstable/org.matrix.simplified_msc3575/sync", None),
     ("POST", "/_matrix/client/unstable/org.matrix.msc3575/sync", b"{}"),
-    ("POST", "/_matrix/client/v3/login", b'{"type": "m.login.password"}'),
+    ("GET", "/_matrix/client/v3/login/sso/redirect?redirectUrl=x", None),
+    ("POST", "/_matrix/client/v3/login/get_token", b"{}"),
+    ("GET", "/_matrix/client/v3/devicesfoo", None),
+    ("DELETE", "/_matrix/client/v3/devices/A/B", None),
+    ("POST", "/_matrix/client/v3/account/password", b"{}"),
     ("GET", "/_matrix/client/versions", None),
     ("GET", "/_matrix/client/v3/account/whoami", None),
     ("PUT", f"/_matrix/client/v3/rooms/{ROOM}/send/m.room.encrypted/txn1", b"{}"),
     ("POST", "/_matrix/federation/v1/user/keys/query", b"{}"),
+    ("POST", "/_matrix/federation/v1/user/keys/claim/", b"{}"),
+    ("POST", "/_matrix/federation/v1/user/keys/claimx", b"{}"),
+    ("POST", "/_matrix/federation/v2/user/keys/claim", b"{}"),
+    ("GET", "/_matrix/federation/v1/user/devices/%40a%3Aexample.org", None),
     ("GET", "/_matrix/key/v2/server", None),
     ("GET", "/_synapse/client/password_reset/email/submit_token?token=x", None),
 ]
@@ -361,7 +389,7 @@ def test_metrics_is_not_routed_to_mxkeys(ngx, fresh):
 def test_forwarded_headers(ngx, fresh):
     mx, hs = fresh
     for target, backend in (("/_matrix/client/v3/keys/query", mx), ("/_matrix/client/v3/sync", mx),
-                            ("/_matrix/client/v3/login", hs)):
+                            ("/_matrix/client/versions", hs)):
         send(ngx, "GET", target, headers={"Host": "matrix.example.org:8448", "X-Forwarded-For": "203.0.113.9",
                                           "X-Forwarded-Proto": "https", "Connection": "keep-alive"})
         (rec,) = backend.take()

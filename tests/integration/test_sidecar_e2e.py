@@ -36,3 +36,11 @@ def test_one_time_keys_are_replenished_by_the_clients_own_logic(deployment):
     hs, server, ngx = deployment
     out = asyncio.run(replenish(ngx.url, hs))
     assert out, out
+
+
+def test_a_logged_out_device_stops_receiving_room_keys(deployment):
+    hs, server, ngx = deployment
+    out = asyncio.run(conversation(ngx.url, hs, logout_bob2=True))
+    after = out["after_logout"]
+    assert after["bob1_plaintext"] == after["last"]
+    assert after["to_device_for_gone"] == 0, "alice's client no longer encrypts to the logged-out device"

@@ -844,6 +844,9 @@ class TestHomeserver:
         if auth:
             if not auth.startswith("Bearer "):
                 raise MatrixError(401, "M_MISSING_TOKEN", "Invalid Authorization header")
+            if "access_token" in query:  # as Synapse does
+                raise MatrixError(401, "M_MISSING_TOKEN",
+                                  "Mixing Authorization headers and access_token query parameters.")
             token = auth[len("Bearer "):].strip()
         elif "access_token" in query:
             token = query["access_token"]
