@@ -7,6 +7,8 @@
 #include <h2o.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
 #include "mxkeys/config.h"
 
 struct st_mx_db_pool_t;
@@ -34,6 +36,8 @@ typedef struct st_mx_worker_t {
     h2o_timeout_t later_timeout;             /* mx_call_later's short waits */
     h2o_multithread_receiver_t offload_done; /* where this worker's offloaded jobs come back */
     size_t inflight;                         /* requests accepted by the router and not yet answered */
+    bool serving;                            /* accepting, with a database connection up (counted in nserving) */
+    uint64_t turns;                          /* loop passes, read by the main thread for the watchdog */
 } mx_worker_t;
 
 typedef struct st_mx_server_t {
@@ -48,7 +52,9 @@ typedef struct st_mx_server_t {
     atomic_bool stopping;
     _Atomic unsigned long long removal_retries;  /* device removals retried after the homeserver's success */
     _Atomic unsigned long long removal_failures; /* ... that failed every retry */
-    const char *ready_line;                      /* logged once every worker runs */
+    const char *ready_line; /* logged (and sent as READY=1) once every worker serves with its database up */
+    atomic_uint nserving;   /* workers that reached `serving` */
+    atomic_uint nexited;    /* workers whose thread has finished */
 } mx_server_t;
 
 /** Binds the listening socket (so a bad --listen fails before anything starts). Returns 0 or -1 with a reason. */

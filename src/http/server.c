@@ -11,11 +11,13 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 #include "mxkeys/auth.h"
 #include "mxkeys/db.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/notify.h"
 #include "mxkeys/server_keys.h"
 #include "mxkeys/upstream.h"
 #include "mxkeys/revocations.h"
@@ -107,7 +109,7 @@ static int start_federation(mx_worker_t *w)
     return 0;
 }
 
-static void *worker_main(void *arg)
+static void *worker_run(void *arg)
 {
     mx_worker_t *w = arg;
     mx_server_t *server = w->server;
@@ -158,6 +160,11 @@ static void *worker_main(void *arg)
     uint64_t drain_deadline = 0;
     for (;;) {
         h2o_evloop_run(w->loop, 100);
+        __atomic_store_n(&w->turns, w->turns + 1, __ATOMIC_RELAXED);
+        if (!w->serving && mx_db_pool_ready(w->db)) {
+            w->serving = true;
+            atomic_fetch_add(&server->nserving, 1);
+        }
         if (!atomic_load(&server->stopping))
             continue;
         if (drain_deadline == 0) {
@@ -178,6 +185,65 @@ static void *worker_main(void *arg)
         }
     }
     return NULL;
+}
+
+static void *worker_main(void *arg)
+{
+    mx_worker_t *w = arg;
+    worker_run(w);
+    atomic_fetch_add(&w->server->nexited, 1);
+    return NULL;
+}
+
+/* True when every worker's loop has turned since the last look (an idle loop turns every 100 ms). */
+static bool workers_turning(mx_server_t *server, uint64_t *seen)
+{
+    bool all = true;
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        uint64_t t = __atomic_load_n(&server->workers[i].turns, __ATOMIC_RELAXED);
+        if (t == seen[i])
+            all = false;
+        seen[i] = t;
+    }
+    return all;
+}
+
+/* The main thread, until every worker has exited: announces readiness once every worker serves with its database
+ * up (the ready line, READY=1); pings systemd's watchdog only while every worker loop keeps turning (a stuck worker
+ * stops the pings and systemd restarts the service); announces the drain (STOPPING=1) and pings on through it, which
+ * DRAIN_LIMIT_MS bounds, so that a long drain is not taken for a hang. */
+static void supervise(mx_server_t *server)
+{
+    uint64_t watchdog_ms = mx_notify_watchdog_interval_ms(), since_ping_ms = 0;
+    uint64_t *seen = calloc(server->nworkers, sizeof(*seen));
+    bool ready = false, stopping = false;
+    while (atomic_load(&server->nexited) < server->nworkers) {
+        unsigned nap_ms = ready ? 100 : 10;
+        struct timespec nap = {.tv_sec = 0, .tv_nsec = nap_ms * 1000000L};
+        nanosleep(&nap, NULL);
+        since_ping_ms += nap_ms;
+        if (!stopping && atomic_load(&server->stopping)) {
+            stopping = true;
+            mx_notify_stopping();
+        }
+        if (!ready && !stopping && atomic_load(&server->nserving) == server->nworkers) {
+            ready = true;
+            if (server->ready_line != NULL)
+                mx_info("%s", server->ready_line);
+            mx_notify_ready(server->ready_line != NULL ? server->ready_line : "ready");
+        }
+        if (ready && watchdog_ms != 0 && seen != NULL && since_ping_ms >= watchdog_ms) {
+            since_ping_ms = 0;
+            if (stopping || workers_turning(server, seen))
+                mx_notify_watchdog();
+            else
+                mx_warn("a worker's event loop has not turned for %llu ms: watchdog not pinged",
+                        (unsigned long long)watchdog_ms);
+        }
+    }
+    if (!stopping)
+        mx_notify_stopping();
+    free(seen);
 }
 
 int mx_server_run(mx_server_t *server, const char *conninfo)
@@ -219,8 +285,7 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
         }
     }
     mx_info("listening on http://%s:%u with %u workers", cfg->listen_host, cfg->listen_port, server->nworkers);
-    if (server->ready_line != NULL)
-        mx_info("%s", server->ready_line);
+    supervise(server);
     for (unsigned i = 0; i < server->nworkers; i++)
         pthread_join(server->workers[i].thread, NULL);
     close(server->listen_fd);

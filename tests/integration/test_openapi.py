@@ -1,6 +1,7 @@
-"""api/openapi.yaml parses, every $ref resolves, and every route mxkeys serves is described."""
+"""api/openapi.yaml parses, every $ref resolves, every route mxkeys serves is described, and Redocly lints it clean."""
 import os
 import re
+import subprocess
 
 import yaml
 
@@ -49,3 +50,18 @@ def test_every_route_is_described():
         if full not in described:
             missing.append(full)
     assert not missing, f"routes without an OpenAPI description: {sorted(set(missing))}"
+
+
+LINT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools", "openapi-lint")
+
+
+def test_redocly_lint_is_clean():
+    """Redocly's recommended-strict rules (tools/openapi-lint/redocly.yaml): no error, no warning beyond the
+    explained ignores. `./mxkeys test` runs `npm ci` in tools/openapi-lint first (the version is pinned there)."""
+    cli = os.path.join(LINT_DIR, "node_modules", ".bin", "redocly")
+    assert os.access(cli, os.X_OK), "redocly is not installed: run `npm ci` in tools/openapi-lint (./mxkeys test does)"
+    env = dict(os.environ, REDOCLY_TELEMETRY="off", REDOCLY_SUPPRESS_UPDATE_NOTICE="true", NO_COLOR="1")
+    r = subprocess.run([cli, "lint", "--format=stylish"], cwd=LINT_DIR, env=env, capture_output=True, text=True,
+                       timeout=120, stdin=subprocess.DEVNULL)
+    # recommended-strict: a warning is an error too, so the exit status says it all.
+    assert r.returncode == 0, f"redocly lint failed:\n{r.stdout}{r.stderr}"
