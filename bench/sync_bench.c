@@ -667,7 +667,7 @@ typedef struct st_sample_t {
     double rate;
     double p50, p99; /* ms */
     uint64_t ok, errors;
-    uint64_t answered_ok; /* every expected answer, warm-up and drain included */
+    uint64_t answered_ok;          /* every expected answer, warm-up and drain included */
     double cpu_mx, cpu_pg, cpu_hs; /* µs of CPU per answered request */
 } sample_t;
 
@@ -783,8 +783,8 @@ static void compare(const char *what, kind_t kind, unsigned conc, unsigned tok_b
             fprintf(stderr,
                     "  %s c=%u round %u %-10s %8.0f req/s  p50 %.3f ms  p99 %.3f ms  CPU/req: mxkeysd %.0f µs, "
                     "PostgreSQL %.0f µs, homeserver %.0f µs%s\n",
-                    what, conc, r + 1, mx ? "mxkeys" : "homeserver", s.rate, s.p50, s.p99, s.cpu_mx, s.cpu_pg,
-                    s.cpu_hs, s.errors ? "  (errors)" : "");
+                    what, conc, r + 1, mx ? "mxkeys" : "homeserver", s.rate, s.p50, s.p99, s.cpu_mx, s.cpu_pg, s.cpu_hs,
+                    s.errors ? "  (errors)" : "");
         }
     }
 }
@@ -888,8 +888,8 @@ static void setup(void)
         if (http.resp.status != 200)
             die("set-up upload through mxkeys: status %d: %.300s", http.resp.status, http.resp.body.data);
         json_t *r = json_loadb(http.resp.body.data, http.resp.body.len, 0, NULL);
-        json_int_t n = json_integer_value(json_object_get(json_object_get(r, "one_time_key_counts"),
-                                                          "signed_curve25519"));
+        json_int_t n =
+            json_integer_value(json_object_get(json_object_get(r, "one_time_key_counts"), "signed_curve25519"));
         if (n < (json_int_t)O.otks)
             die("set-up: %s holds %lld one-time keys in mxkeys after uploading %u", TOK[i].device_id, (long long)n,
                 O.otks);
@@ -1094,40 +1094,87 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
-    static const struct option longopts[] = {
-        {"mxkeys", 1, 0, 'm'},       {"homeserver", 1, 0, 'H'},  {"tokens", 1, 0, 't'},
-        {"pid", 1, 0, 'p'},          {"phases", 1, 0, 'P'},      {"concurrency", 1, 0, 'c'},
-        {"upload-concurrency", 1, 0, 'u'}, {"rounds", 1, 0, 'r'}, {"slice", 1, 0, 's'},
-        {"warmup", 1, 0, 'w'},       {"polls", 1, 0, 'n'},       {"poll-timeout-ms", 1, 0, 'T'},
-        {"hold-wait", 1, 0, 'W'},    {"answer-wait", 1, 0, 'A'}, {"otks", 1, 0, 'o'},
-        {"hs-pid", 1, 0, 'S'},       {"pg-pid", 1, 0, 'G'},
-        {"help", 0, 0, 'h'},         {0, 0, 0, 0}};
+    static const struct option longopts[] = {{"mxkeys", 1, 0, 'm'},
+                                             {"homeserver", 1, 0, 'H'},
+                                             {"tokens", 1, 0, 't'},
+                                             {"pid", 1, 0, 'p'},
+                                             {"phases", 1, 0, 'P'},
+                                             {"concurrency", 1, 0, 'c'},
+                                             {"upload-concurrency", 1, 0, 'u'},
+                                             {"rounds", 1, 0, 'r'},
+                                             {"slice", 1, 0, 's'},
+                                             {"warmup", 1, 0, 'w'},
+                                             {"polls", 1, 0, 'n'},
+                                             {"poll-timeout-ms", 1, 0, 'T'},
+                                             {"hold-wait", 1, 0, 'W'},
+                                             {"answer-wait", 1, 0, 'A'},
+                                             {"otks", 1, 0, 'o'},
+                                             {"hs-pid", 1, 0, 'S'},
+                                             {"pg-pid", 1, 0, 'G'},
+                                             {"help", 0, 0, 'h'},
+                                             {0, 0, 0, 0}};
     int opt;
     while ((opt = getopt_long(argc, argv, "h", longopts, NULL)) != -1) {
         switch (opt) {
-        case 'm': O.mx_url = optarg; break;
-        case 'H': O.hs_url = optarg; break;
-        case 't': O.tokens_path = optarg; break;
-        case 'p': O.pid = (int)parse_num(optarg, "--pid", 1, 1e9); break;
+        case 'm':
+            O.mx_url = optarg;
+            break;
+        case 'H':
+            O.hs_url = optarg;
+            break;
+        case 't':
+            O.tokens_path = optarg;
+            break;
+        case 'p':
+            O.pid = (int)parse_num(optarg, "--pid", 1, 1e9);
+            break;
         case 'P':
             O.do_sync = strstr(optarg, "sync") != NULL;
             O.do_upload = strstr(optarg, "upload") != NULL;
             O.do_hold = strstr(optarg, "hold") != NULL;
             break;
-        case 'c': O.nconc = parse_list(optarg, O.conc, "--concurrency"); break;
-        case 'u': O.nupconc = parse_list(optarg, O.upconc, "--upload-concurrency"); break;
-        case 'r': O.rounds = (unsigned)parse_num(optarg, "--rounds", 1, MAX_ROUNDS); break;
-        case 's': O.slice_s = parse_num(optarg, "--slice", 0.2, 60); break;
-        case 'w': O.warmup_s = parse_num(optarg, "--warmup", 0, 10); break;
-        case 'n': O.polls = (unsigned)parse_num(optarg, "--polls", 1, 100000); break;
-        case 'T': O.poll_timeout_ms = (unsigned)parse_num(optarg, "--poll-timeout-ms", 1000, 600000); break;
-        case 'W': O.hold_wait_s = parse_num(optarg, "--hold-wait", 1, 600); break;
-        case 'A': O.answer_wait_s = parse_num(optarg, "--answer-wait", 1, 600); break;
-        case 'o': O.otks = (unsigned)parse_num(optarg, "--otks", 1, 100); break;
-        case 'S': O.hs_pid = (int)parse_num(optarg, "--hs-pid", 1, 1e9); break;
-        case 'G': O.pg_pid = (int)parse_num(optarg, "--pg-pid", 1, 1e9); break;
-        case 'h': usage(); return 0;
-        default: usage(); return 2;
+        case 'c':
+            O.nconc = parse_list(optarg, O.conc, "--concurrency");
+            break;
+        case 'u':
+            O.nupconc = parse_list(optarg, O.upconc, "--upload-concurrency");
+            break;
+        case 'r':
+            O.rounds = (unsigned)parse_num(optarg, "--rounds", 1, MAX_ROUNDS);
+            break;
+        case 's':
+            O.slice_s = parse_num(optarg, "--slice", 0.2, 60);
+            break;
+        case 'w':
+            O.warmup_s = parse_num(optarg, "--warmup", 0, 10);
+            break;
+        case 'n':
+            O.polls = (unsigned)parse_num(optarg, "--polls", 1, 100000);
+            break;
+        case 'T':
+            O.poll_timeout_ms = (unsigned)parse_num(optarg, "--poll-timeout-ms", 1000, 600000);
+            break;
+        case 'W':
+            O.hold_wait_s = parse_num(optarg, "--hold-wait", 1, 600);
+            break;
+        case 'A':
+            O.answer_wait_s = parse_num(optarg, "--answer-wait", 1, 600);
+            break;
+        case 'o':
+            O.otks = (unsigned)parse_num(optarg, "--otks", 1, 100);
+            break;
+        case 'S':
+            O.hs_pid = (int)parse_num(optarg, "--hs-pid", 1, 1e9);
+            break;
+        case 'G':
+            O.pg_pid = (int)parse_num(optarg, "--pg-pid", 1, 1e9);
+            break;
+        case 'h':
+            usage();
+            return 0;
+        default:
+            usage();
+            return 2;
         }
     }
     if (O.mx_url == NULL || O.hs_url == NULL || O.tokens_path == NULL || O.pid == 0) {
@@ -1163,8 +1210,8 @@ int main(int argc, char **argv)
 
     bench_sync_t ctl;
     bench_sync_init(&ctl, &HS);
-    fprintf(stderr, "mxkeys-sync-bench: set-up (%u sync devices with %u one-time keys, %u upload devices)\n",
-            S_DEVICES, O.otks, U_DEVICES);
+    fprintf(stderr, "mxkeys-sync-bench: set-up (%u sync devices with %u one-time keys, %u upload devices)\n", S_DEVICES,
+            O.otks, U_DEVICES);
     setup();
     if (O.do_sync) {
         fprintf(stderr, "mxkeys-sync-bench: incremental /sync, timeout=0\n");

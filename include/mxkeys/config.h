@@ -30,12 +30,12 @@ typedef struct st_mx_config_t {
     /* auth */
     mx_auth_mode_t auth_mode;
     char *homeserver_url;
-    char *homeserver_federation_url;      /* the notary for federation requests; NULL: homeserver_url */
+    char *homeserver_federation_url;       /* the notary for federation requests; NULL: homeserver_url */
     unsigned federation_claims_per_minute; /* one-time keys per origin per minute (0: no limit) */
-    unsigned homeserver_timeout_ms; /* bound on a forwarded request, beyond a long-poll's own timeout */
-    unsigned token_cache_ms;        /* positive cache TTL (local and homeserver modes) */
-    unsigned token_negative_ms;     /* failure cache TTL */
-    char *admin_token;              /* NULL: admin API disabled */
+    unsigned homeserver_timeout_ms;        /* bound on a forwarded request, beyond a long-poll's own timeout */
+    unsigned token_cache_ms;               /* positive cache TTL (local and homeserver modes) */
+    unsigned token_negative_ms;            /* failure cache TTL */
+    char *admin_token;                     /* NULL: admin API disabled */
     /* behaviour */
     mx_validation_t validation;
     mx_xsign_replacement_t xsign_replacement;

@@ -14,9 +14,9 @@ typedef struct st_mx_db_pool_t mx_db_pool_t;
 typedef struct st_mx_db_job_t mx_db_job_t;
 
 typedef enum en_mx_db_status_t {
-    MX_DB_OK,   /* submitted / all results arrived (statement errors are in the results) */
-    MX_DB_BUSY, /* the worker's in-flight limit is reached: answer 503 M_LIMIT_EXCEEDED */
-    MX_DB_DOWN, /* no usable connection, or it dropped before the results came: answer 503 */
+    MX_DB_OK,      /* submitted / all results arrived (statement errors are in the results) */
+    MX_DB_BUSY,    /* the worker's in-flight limit is reached: answer 503 M_LIMIT_EXCEEDED */
+    MX_DB_DOWN,    /* no usable connection, or it dropped before the results came: answer 503 */
     MX_DB_TIMEOUT, /* no results within the job's deadline: answer 503; the outcome of a write is unknown (it may
                     * still commit: the statements were sent) */
 } mx_db_status_t;

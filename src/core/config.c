@@ -507,7 +507,8 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
             strcmp(cli->import_invalid, "skip") != 0)
             return mx_fail(err, errlen, "--invalid-keys: expected import or skip, got \"%s\"", cli->import_invalid);
         if (cli->import_dry_run && cli->import_verify)
-            return mx_fail(err, errlen, "import synapse: --dry-run and --verify exclude each other (--verify writes nothing)");
+            return mx_fail(err, errlen,
+                           "import synapse: --dry-run and --verify exclude each other (--verify writes nothing)");
         break;
     default:
         if (positional[0] != NULL)
@@ -563,9 +564,9 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
             cli->command = MX_CMD_IMPORT_SYNAPSE;
         } else {
             mx_config_free(&cli->config);
-            return mx_fail(err, errlen,
-                           "unknown command \"%s\" (expected serve, migrate, token create, token revoke, import synapse)",
-                           cmd);
+            return mx_fail(
+                err, errlen,
+                "unknown command \"%s\" (expected serve, migrate, token create, token revoke, import synapse)", cmd);
         }
     }
 

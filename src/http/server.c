@@ -121,9 +121,9 @@ static void *worker_run(void *arg)
     w->accept_ctx.ctx = &w->ctx;
     w->accept_ctx.hosts = server->h2o.hosts;
     /* Published with a release store: /metrics on other workers reads it. */
-    __atomic_store_n(&w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth,
-                                             cfg->db_timeout_ms),
-                     __ATOMIC_RELEASE);
+    __atomic_store_n(
+        &w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth, cfg->db_timeout_ms),
+        __ATOMIC_RELEASE);
     h2o_timeout_init(w->loop, &w->later_timeout, MX_CALL_LATER_MS);
     if (cfg->auth_mode == MX_AUTH_HOMESERVER) {
         char err[256];

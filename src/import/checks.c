@@ -113,8 +113,8 @@ int imp_check_signature(const json_t *signed_obj, const char *signer, const char
         return fail(why, whylen, "signed object is not canonical JSON: %s", reason);
     }
     json_t *holder = json_pack("{s:{s:{s:s}}}", "signatures", signer, key_id, signature);
-    mx_sig_result_t r = holder != NULL ? mx_signed_json_verify_payload(&payload, holder, signer, key_id, public_key)
-                                       : MX_SIG_MALFORMED;
+    mx_sig_result_t r =
+        holder != NULL ? mx_signed_json_verify_payload(&payload, holder, signer, key_id, public_key) : MX_SIG_MALFORMED;
     json_decref(holder);
     mx_buf_free(&payload);
     if (r != MX_SIG_OK)

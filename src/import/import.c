@@ -33,7 +33,8 @@ int mx_import_synapse(PGconn *mx, const mx_config_t *cfg, const mx_import_opts_t
         char pos[32];
         snprintf(pos, sizeof(pos), "%lld", imp_reader_stream_position(rd));
         const char *params[] = {pos};
-        PGresult *res = PQexecParams(mx, "SELECT mx_import_stream_position($1::bigint)", 1, NULL, params, NULL, NULL, 0);
+        PGresult *res =
+            PQexecParams(mx, "SELECT mx_import_stream_position($1::bigint)", 1, NULL, params, NULL, NULL, 0);
         if (PQresultStatus(res) != PGRES_TUPLES_OK)
             fprintf(stderr, "mxkeysd: import: device-list stream position: %s", PQresultErrorMessage(res));
         PQclear(res);

@@ -24,7 +24,14 @@ typedef enum en_imp_table_t {
     IMP_NTABLES
 } imp_table_t;
 
-typedef enum en_imp_outcome_t { IMP_READ, IMP_WRITTEN, IMP_UNCHANGED, IMP_REMOVED, IMP_SKIPPED, IMP_NOUTCOMES } imp_outcome_t;
+typedef enum en_imp_outcome_t {
+    IMP_READ,
+    IMP_WRITTEN,
+    IMP_UNCHANGED,
+    IMP_REMOVED,
+    IMP_SKIPPED,
+    IMP_NOUTCOMES
+} imp_outcome_t;
 
 typedef struct st_imp_report_t imp_report_t;
 

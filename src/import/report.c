@@ -11,8 +11,8 @@
 #define MAX_REASONS 12
 
 static const char *const table_names[IMP_NTABLES] = {
-    "device_keys",        "one_time_keys",   "fallback_keys",  "cross_signing_keys", "cross_signing_keys_history",
-    "cross_signatures",   "backup_versions", "backup_sessions"};
+    "device_keys",      "one_time_keys",   "fallback_keys",  "cross_signing_keys", "cross_signing_keys_history",
+    "cross_signatures", "backup_versions", "backup_sessions"};
 
 typedef struct st_reason_t {
     char text[96];
@@ -182,7 +182,8 @@ void imp_report_print(imp_report_t *r)
                 printf("  %-26s %10s skipped %lld: %s\n", "", "", r->reasons[t][i].n, r->reasons[t][i].text);
     }
     printf("\n%s: %lld users, %lld rows read in %.1f s (%.0f rows/s); %lld invalid objects reported, %lld users failed",
-           r->title, r->users_done, rows, elapsed, elapsed > 0 ? (double)rows / elapsed : 0.0, r->findings, r->failures);
+           r->title, r->users_done, rows, elapsed, elapsed > 0 ? (double)rows / elapsed : 0.0, r->findings,
+           r->failures);
     if (r->differences > 0 || strstr(r->title, "verify") != NULL)
         printf(", %lld differences", r->differences);
     printf("\n");

@@ -35,7 +35,7 @@ struct st_imp_reader_t {
     cursor_t cur[NCURSORS];
     long long stream_pos;
     /* the user being read */
-    json_t *devinfo; /* device id -> device keys as imported */
+    json_t *devinfo;    /* device id -> device keys as imported */
     json_t *xs_current; /* usage -> current key object */
 };
 
@@ -67,7 +67,7 @@ static const char *const queries[NCURSORS] = {
 };
 static const char *const user_columns[NCURSORS] = {"user_id", "f.user_id", "user_id", "target_user_id",
                                                    "user_id", "o.user_id", "user_id"};
-static const char *const cursor_names[NCURSORS] = {"imp_dev", "imp_fb", "imp_xs", "imp_sig",
+static const char *const cursor_names[NCURSORS] = {"imp_dev", "imp_fb",  "imp_xs",  "imp_sig",
                                                    "imp_ver", "imp_otk", "imp_sess"};
 
 static PGresult *exec(imp_reader_t *rd, const char *sql, char *err, size_t errlen)
@@ -252,7 +252,7 @@ static const char *device_ed25519(imp_reader_t *rd, const char *device)
 static int read_devices(imp_reader_t *rd, const char *user, json_t *doc, char *err, size_t errlen)
 {
     cursor_t *c = &rd->cur[C_DEV];
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *device = val(c, 1), *name = val(c, 2), *text = val(c, 3);
         bool present = strcmp(val(c, 4), "t") == 0;
         json_t *keys = NULL;
@@ -275,9 +275,9 @@ static int read_devices(imp_reader_t *rd, const char *user, json_t *doc, char *e
             }
             if (keys != NULL)
                 json_object_set(rd->devinfo, device, keys);
-            json_array_append_new(json_object_get(doc, "devices"),
-                                  json_pack("{s:s,s:s?,s:o}", "d", device, "name", name, "keys",
-                                            keys != NULL ? keys : json_null()));
+            json_array_append_new(
+                json_object_get(doc, "devices"),
+                json_pack("{s:s,s:s?,s:o}", "d", device, "name", name, "keys", keys != NULL ? keys : json_null()));
         }
         if (advance(rd, c, err, errlen) != 0)
             return -1;
@@ -288,7 +288,7 @@ static int read_devices(imp_reader_t *rd, const char *user, json_t *doc, char *e
 static int read_fallbacks(imp_reader_t *rd, const char *user, json_t *doc, char *err, size_t errlen)
 {
     cursor_t *c = &rd->cur[C_FB];
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *device = val(c, 1), *alg = val(c, 2), *kid = val(c, 3), *text = val(c, 4);
         bool used = strcmp(val(c, 5), "t") == 0, present = strcmp(val(c, 6), "t") == 0;
         char why[256], what[600];
@@ -304,9 +304,9 @@ static int read_fallbacks(imp_reader_t *rd, const char *user, json_t *doc, char 
                  !refused(rd, IMP_FALLBACK_KEYS, user, what, why))
             json_decref(key);
         else
-            json_array_append_new(json_object_get(doc, "fallbacks"), json_pack("{s:s,s:s,s:s,s:o,s:b}", "d", device,
-                                                                               "alg", alg, "id", kid, "key", key,
-                                                                               "used", used));
+            json_array_append_new(
+                json_object_get(doc, "fallbacks"),
+                json_pack("{s:s,s:s,s:s,s:o,s:b}", "d", device, "alg", alg, "id", kid, "key", key, "used", used));
         if (advance(rd, c, err, errlen) != 0)
             return -1;
     }
@@ -319,7 +319,7 @@ static int read_cross_signing(imp_reader_t *rd, const char *user, json_t *doc, c
 {
     cursor_t *c = &rd->cur[C_XS];
     json_t *all = json_array();
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *usage = val(c, 1), *text = val(c, 2);
         char why[256], what[128];
         snprintf(what, sizeof(what), "%s key (stream %s)", usage, val(c, 3));
@@ -405,7 +405,7 @@ static int read_signatures(imp_reader_t *rd, const char *user, json_t *doc, char
     json_t *sigs = json_object_get(doc, "sigs");
     char prev[1024] = "";
     bool prev_valid = false;
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *target = val(c, 1), *signer = val(c, 2), *key_id = val(c, 3), *sig = val(c, 4);
         imp_count(rd->report, IMP_CROSS_SIGNATURES, IMP_READ, NULL, 1);
         char ident[1024], what[1200], why[256];
@@ -463,7 +463,8 @@ static int read_signatures(imp_reader_t *rd, const char *user, json_t *doc, char
                 goto next;
             }
         }
-        json_array_append_new(sigs, json_pack("{s:s,s:s,s:s,s:s}", "t", target, "su", signer, "sk", key_id, "sig", sig));
+        json_array_append_new(sigs,
+                              json_pack("{s:s,s:s,s:s,s:s}", "t", target, "su", signer, "sk", key_id, "sig", sig));
         snprintf(prev, sizeof(prev), "%s", ident);
         prev_valid = valid;
     next:
@@ -476,7 +477,7 @@ static int read_signatures(imp_reader_t *rd, const char *user, json_t *doc, char
 static int read_versions(imp_reader_t *rd, const char *user, json_t *doc, char *err, size_t errlen)
 {
     cursor_t *c = &rd->cur[C_VER];
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *version = val(c, 1), *alg = val(c, 2), *text = val(c, 3), *etag = val(c, 5);
         bool deleted = strcmp(val(c, 4), "t") == 0;
         char why[256], what[64];
@@ -527,7 +528,7 @@ static int read_otks(imp_reader_t *rd, imp_sink_t *sink, const char *user, bool 
     cursor_t *c = &rd->cur[C_OTK];
     mx_buf_t b = MX_BUF_INIT;
     int n = 0;
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *device = val(c, 1), *alg = val(c, 2), *kid = val(c, 3), *text = val(c, 4);
         bool present = strcmp(val(c, 5), "t") == 0;
         char why[256], what[600];
@@ -576,7 +577,7 @@ static int read_sessions(imp_reader_t *rd, imp_sink_t *sink, const char *user, b
     cursor_t *c = &rd->cur[C_SESS];
     mx_buf_t b = MX_BUF_INIT;
     int n = 0;
-    for (; at_user(c, user); ) {
+    for (; at_user(c, user);) {
         const char *version = val(c, 1), *room = val(c, 2), *session = val(c, 3), *fmi = val(c, 4), *fc = val(c, 5),
                    *verified = val(c, 6), *text = val(c, 7);
         char why[256], what[1200];

@@ -77,8 +77,8 @@ static int on_begin(imp_sink_t *s, const char *user, const json_t *doc, char *er
     json_object_clear(v->otk_counts);
     json_object_clear(v->session_counts);
     const char *params[] = {user};
-    PGresult *res = mx_db_exec(v->mx, "SELECT mx_keys_query($1, jsonb_build_object($1::text, '[]'::jsonb))", 1,
-                               params, err, errlen);
+    PGresult *res = mx_db_exec(v->mx, "SELECT mx_keys_query($1, jsonb_build_object($1::text, '[]'::jsonb))", 1, params,
+                               err, errlen);
     if (res == NULL)
         return -1;
     json_error_t je;
@@ -98,7 +98,8 @@ static int on_begin(imp_sink_t *s, const char *user, const json_t *doc, char *er
         const char *device = json_string_value(json_object_get(d, "d"));
         json_t *obj = with_signatures(keys, sigs, user, device);
         const char *name = json_string_value(json_object_get(d, "name"));
-        json_object_set_new(obj, "unsigned", name != NULL ? json_pack("{s:s}", "device_display_name", name) : json_object());
+        json_object_set_new(obj, "unsigned",
+                            name != NULL ? json_pack("{s:s}", "device_display_name", name) : json_object());
         json_object_set_new(expected, device, obj);
     }
     const char *id;
@@ -122,8 +123,8 @@ static int on_begin(imp_sink_t *s, const char *user, const json_t *doc, char *er
     for (int u = 0; u < 3; u++) {
         const json_t *current = NULL;
         const char *pk = NULL;
-        json_array_foreach(json_object_get(doc, "xsign"), i, e) if (strcmp(
-            json_string_value(json_object_get(e, "usage")), usages[u][0]) == 0)
+        json_array_foreach(json_object_get(doc, "xsign"), i,
+                           e) if (strcmp(json_string_value(json_object_get(e, "usage")), usages[u][0]) == 0)
         {
             current = json_object_get(e, "key");
             pk = json_string_value(json_object_get(e, "pk"));
@@ -212,12 +213,14 @@ static int check_claimable(verifier_t *v, const char *user, char *err, size_t er
     {
         long long want = json_integer_value(e), have = json_integer_value(json_object_get(actual, k));
         if (want != have)
-            imp_difference(v->report, user, "/keys/claim device and algorithm %s: %lld one-time keys in Synapse, "
-                           "%lld claimable in mxkeys", k, want, have);
+            imp_difference(v->report, user,
+                           "/keys/claim device and algorithm %s: %lld one-time keys in Synapse, "
+                           "%lld claimable in mxkeys",
+                           k, want, have);
     }
-    json_object_foreach(actual, k, e) if (json_object_get(v->otk_counts, k) == NULL)
-        imp_difference(v->report, user, "/keys/claim device and algorithm %s: none in Synapse, %lld claimable in mxkeys",
-                       k, (long long)json_integer_value(e));
+    json_object_foreach(actual, k, e) if (json_object_get(v->otk_counts, k) == NULL) imp_difference(
+        v->report, user, "/keys/claim device and algorithm %s: none in Synapse, %lld claimable in mxkeys", k,
+        (long long)json_integer_value(e));
     json_decref(actual);
 
     /* fallback keys: key id and used flag per device and algorithm */
@@ -240,9 +243,9 @@ static int check_claimable(verifier_t *v, const char *user, char *err, size_t er
         char key[600];
         snprintf(key, sizeof(key), "%s\t%s", json_string_value(json_object_get(f, "d")),
                  json_string_value(json_object_get(f, "alg")));
-        json_object_set_new(expected, key,
-                            json_pack("[O,O,O]", json_object_get(f, "id"), json_object_get(f, "key"),
-                                      json_object_get(f, "used")));
+        json_object_set_new(
+            expected, key,
+            json_pack("[O,O,O]", json_object_get(f, "id"), json_object_get(f, "key"), json_object_get(f, "used")));
     }
     char what[700];
     json_object_foreach(expected, k, e)
@@ -284,10 +287,10 @@ static int check_versions(verifier_t *v, const char *user, char *err, size_t err
         snprintf(k, sizeof(k), "%lld", (long long)json_integer_value(json_object_get(e, "v")));
         snprintf(etag, sizeof(etag), "%lld", (long long)json_integer_value(json_object_get(e, "etag")));
         bool deleted = json_is_true(json_object_get(e, "deleted"));
-        json_t *exp = json_pack("{s:O,s:O,s:s,s:I,s:b}", "algorithm", json_object_get(e, "alg"), "auth_data",
-                                json_object_get(e, "auth"), "etag", etag, "count",
-                                deleted ? 0 : json_integer_value(json_object_get(v->session_counts, k)), "deleted",
-                                deleted);
+        json_t *exp =
+            json_pack("{s:O,s:O,s:s,s:I,s:b}", "algorithm", json_object_get(e, "alg"), "auth_data",
+                      json_object_get(e, "auth"), "etag", etag, "count",
+                      deleted ? 0 : json_integer_value(json_object_get(v->session_counts, k)), "deleted", deleted);
         json_t *act = json_object_get(actual, k);
         if (deleted && act != NULL) {
             /* a deleted version only has to stay deleted (and its number taken) */

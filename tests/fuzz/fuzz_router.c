@@ -13,7 +13,10 @@
             abort();                                                                                                   \
     } while (0)
 
-#define R(m, scope, p) {MX_METHOD_##m, scope, p, MX_ROUTE_USER, MX_BODY_NONE, NULL, #m " " p}
+#define R(m, scope, p)                                                                                                 \
+    {                                                                                                                  \
+        MX_METHOD_##m, scope, p, MX_ROUTE_USER, MX_BODY_NONE, NULL, #m " " p                                           \
+    }
 static const mx_route_t routes[] = {
     R(GET, MX_SCOPE_ROOT, "/_mxkeys/health"),
     R(GET, MX_SCOPE_ROOT, "/metrics"),
