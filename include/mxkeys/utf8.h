@@ -13,4 +13,7 @@ bool mx_utf8_valid(const char *s, size_t len);
 /** Appends `s[0..len)` to `out` with every ill-formed sequence and every NUL replaced by U+FFFD. */
 void mx_utf8_sanitize(mx_buf_t *out, const char *s, size_t len);
 
+/** The value of a hexadecimal digit (either case), or -1: for percent-decoding. */
+int mx_hex_digit(int c);
+
 #endif

@@ -70,3 +70,14 @@ void mx_utf8_sanitize(mx_buf_t *out, const char *s, size_t len)
     }
     mx_buf_append(out, s + run, len - run);
 }
+
+int mx_hex_digit(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

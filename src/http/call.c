@@ -50,17 +50,6 @@ static void on_call_dispose(void *p)
 
 /* ---- small request helpers ----------------------------------------------------------------------------------- */
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes into pool memory; returns NULL on a malformed escape or an embedded NUL. */
 static char *percent_decode(h2o_mem_pool_t *pool, const char *s, size_t len, bool plus_is_space)
 {
@@ -68,7 +57,7 @@ static char *percent_decode(h2o_mem_pool_t *pool, const char *s, size_t len, boo
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
             int hi, lo;
-            if (i + 2 >= len || (hi = hexval(s[i + 1])) < 0 || (lo = hexval(s[i + 2])) < 0)
+            if (i + 2 >= len || (hi = mx_hex_digit(s[i + 1])) < 0 || (lo = mx_hex_digit(s[i + 2])) < 0)
                 return NULL;
             char c = (char)(hi * 16 + lo);
             if (c == '\0')

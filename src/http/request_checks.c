@@ -64,17 +64,6 @@ bool mx_http_framing_ok(h2o_req_t *req, const char **why)
     return true;
 }
 
-static int hexval(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Decodes one %-escaped component into `out` (at least len bytes); returns the decoded length or -1. */
 static long decode(const char *s, size_t len, char *out)
 {
@@ -82,7 +71,7 @@ static long decode(const char *s, size_t len, char *out)
     for (size_t i = 0; i < len; i++) {
         if (s[i] == '%') {
             int hi, lo;
-            if (i + 2 >= len || (hi = hexval(s[i + 1])) < 0 || (lo = hexval(s[i + 2])) < 0)
+            if (i + 2 >= len || (hi = mx_hex_digit(s[i + 1])) < 0 || (lo = mx_hex_digit(s[i + 2])) < 0)
                 return -1;
             out[n++] = (char)(hi * 16 + lo);
             i += 2;
