@@ -100,6 +100,9 @@ void mx_call_stream_abort(mx_call_t *call);
  * never runs; returns -1 if answered now.
  */
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb);
+/** Like mx_call_db, with a deadline shorter than --db-timeout-ms for this job (e.g. readiness probes). */
+int mx_call_db_within(mx_call_t *call, unsigned timeout_ms, const mx_db_stmt_t *stmts, size_t nstmts,
+                      mx_call_db_cb cb);
 /**
  * Like mx_call_db, but nothing is answered when the database is busy or down: -1 then (nothing submitted), or `cb`
  * runs with no results (nresults 0) when the connection dropped before the results came.

@@ -21,6 +21,7 @@ typedef struct st_mx_config_t {
     char *state_dir;
     unsigned db_connections; /* per worker */
     unsigned db_queue_depth; /* in-flight queries per worker before 503 */
+    unsigned db_timeout_ms;  /* deadline of every database job and connect attempt */
     /* workers and limits */
     unsigned workers;
     size_t max_body_bytes;

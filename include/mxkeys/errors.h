@@ -5,6 +5,7 @@
 #define MX_ERRORS(X)                                                                                                   \
     X(MX_ERR_UNRECOGNIZED_PATH, 404, "M_UNRECOGNIZED")                                                                 \
     X(MX_ERR_UNRECOGNIZED_METHOD, 405, "M_UNRECOGNIZED")                                                               \
+    X(MX_ERR_BAD_REQUEST, 400, "M_UNKNOWN")                                                                            \
     X(MX_ERR_NOT_JSON, 400, "M_NOT_JSON")                                                                              \
     X(MX_ERR_BAD_JSON, 400, "M_BAD_JSON")                                                                              \
     X(MX_ERR_MISSING_PARAM, 400, "M_MISSING_PARAM")                                                                    \

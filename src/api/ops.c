@@ -2,6 +2,9 @@
 #include "mxkeys/api.h"
 #include "mxkeys/metrics.h"
 
+/* The readiness probe's deadline (or --db-timeout-ms when shorter). */
+#define MX_READY_TIMEOUT_MS 1000
+
 void mx_api_health(mx_call_t *call)
 {
     static const char body[] = "{\"status\":\"ok\"}";
@@ -19,9 +22,11 @@ static void on_ping(mx_call_t *call, PGresult **results, size_t n)
 
 void mx_api_ready(mx_call_t *call)
 {
-    /* A real round trip, not just the pool's connection state: a wedged server must read as not ready. */
+    /* A real round trip, not just the pool's connection state: a wedged server must read as not ready, and soon:
+     * a load balancer's probe has its own short timeout. */
     mx_db_stmt_t ping = {.id = MX_STMT_PING};
-    (void)mx_call_db(call, &ping, 1, on_ping);
+    unsigned ms = call->config->db_timeout_ms < MX_READY_TIMEOUT_MS ? call->config->db_timeout_ms : MX_READY_TIMEOUT_MS;
+    (void)mx_call_db_within(call, ms, &ping, 1, on_ping);
 }
 
 void mx_api_metrics(mx_call_t *call)

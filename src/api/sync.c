@@ -33,9 +33,9 @@ typedef struct st_sync_t {
     bool paused;
     bool splice_failed;
     bool counts_asked, counts_in; /* the counts query went / came back */
-    unsigned count_tries;
-    mx_buf_t raw;    /* body bytes that came before the counts */
-    mx_buf_t out[2]; /* out[send]: with h2o; out[!send]: filling */
+    uint64_t counts_since;        /* loop ms of the first try */
+    mx_buf_t raw;                 /* body bytes that came before the counts */
+    mx_buf_t out[2];              /* out[send]: with h2o; out[!send]: filling */
     int send;
     char *otk_counts, *fallback_types;
     mx_splice_rule_t rules[3];
@@ -200,9 +200,13 @@ static void read_counts(mx_call_t *call)
     sync_t *s = call->ext;
     const char *params[2] = {call->user_id, call->device_id};
     mx_db_stmt_t stmt = {.id = MX_STMT_SYNC_KEY_COUNTS, .nparams = 2, .values = params};
-    if (mx_call_db_quiet(call, &stmt, 1, on_counts) == 0)
+    uint64_t now = h2o_now(call->worker->loop);
+    if (s->counts_since == 0)
+        s->counts_since = now;
+    bool patient = now - s->counts_since < COUNTS_PATIENCE_MS; /* a timed-out try counts too */
+    if (patient && mx_call_db_quiet(call, &stmt, 1, on_counts) == 0)
         return;
-    if (++s->count_tries * MX_CALL_LATER_MS < COUNTS_PATIENCE_MS) {
+    if (patient) {
         mx_call_later(call, read_counts);
         return;
     }

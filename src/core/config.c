@@ -51,6 +51,9 @@ static const setting_t settings[] = {
     {"workers", KIND_POSITIVE, FIELD(workers), "number of cores", "worker threads"},
     {"db-connections", KIND_POSITIVE, FIELD(db_connections), "1", "database connections per worker"},
     {"db-queue-depth", KIND_POSITIVE, FIELD(db_queue_depth), "1024", "queries queued per worker before answering 503"},
+    {"db-timeout-ms", KIND_POSITIVE, FIELD(db_timeout_ms), "5000",
+     "deadline of every database query and connect attempt; past it the request gets 503 and the connection is "
+     "re-established (/_mxkeys/ready: at most 1000)"},
     {"max-body-bytes", KIND_SIZE, FIELD(max_body_bytes), "1048576", "largest accepted request body"},
     {"max-keys-per-request", KIND_POSITIVE, FIELD(max_keys_per_request), "10000",
      "most map entries accepted in one request body"},
@@ -92,6 +95,7 @@ void mx_config_defaults(mx_config_t *cfg)
         abort(); /* out of memory before anything started: nothing sensible to do */
     cfg->db_connections = 1;
     cfg->db_queue_depth = 1024;
+    cfg->db_timeout_ms = 5000;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->workers = cores > 0 ? (unsigned)cores : 1;
     cfg->max_body_bytes = 1048576;

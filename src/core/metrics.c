@@ -142,6 +142,7 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
         sum.completed += st.completed;
         sum.failed += st.failed;
         sum.rejected_busy += st.rejected_busy;
+        sum.timed_out += st.timed_out;
     }
     mx_buf_printf(out,
                   "# HELP mxkeys_db_connections Database connections by state, all workers.\n"
@@ -159,9 +160,10 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                   "# TYPE mxkeys_db_jobs_total counter\n"
                   "mxkeys_db_jobs_total{outcome=\"completed\"} %llu\n"
                   "mxkeys_db_jobs_total{outcome=\"failed\"} %llu\n"
-                  "mxkeys_db_jobs_total{outcome=\"rejected_busy\"} %llu\n",
+                  "mxkeys_db_jobs_total{outcome=\"rejected_busy\"} %llu\n"
+                  "mxkeys_db_jobs_total{outcome=\"timed_out\"} %llu\n",
                   sum.connected, sum.connecting, sum.down, sum.inflight, sum.queue_depth, sum.completed, sum.failed,
-                  sum.rejected_busy);
+                  sum.rejected_busy, sum.timed_out);
     if (server->config->auth_mode == MX_AUTH_HOMESERVER) {
         mx_upstream_stats_t hs = {0};
         for (unsigned w = 0; w < server->nworkers; w++) {

@@ -10,11 +10,18 @@
  * come back strictly in order, so each connection keeps a FIFO of jobs in flight. The result sequence of pipeline mode
  * (PostgreSQL's libpq_pipeline test shows it exactly): for every statement its PGresult then NULL; after an error in a
  * group, PGRES_PIPELINE_ABORTED then NULL for the rest of that group; then PGRES_PIPELINE_SYNC for the Sync (with no
- * NULL after it). */
+ * NULL after it).
+ *
+ * Deadlines: a sweep every SWEEP_MS answers each job whose deadline passed with MX_DB_TIMEOUT (the job stays in the
+ * FIFO, detached like a cancelled one, so the results still line up), fails a connection whose oldest job has waited
+ * the pool's whole timeout (PostgreSQL stalled, the host frozen, the network black-holed: libpq alone would wait for
+ * the kernel's TCP timeouts, about 15 minutes) and a connect attempt that takes as long. libpq's connect_timeout is
+ * not enforced in non-blocking mode, hence our own. */
 #include "mxkeys/db.h"
 #define H2O_USE_LIBUV 0
 #include <fcntl.h>
 #include <h2o.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -27,9 +34,11 @@ struct st_mx_db_job_t {
     mx_db_cb cb;       /* NULL: cancelled, or the connection's own prepare job */
     void *owner;
     size_t nstmts;
-    size_t cur;      /* statement whose results are being read; == nstmts: waiting for the Sync */
-    bool got_result; /* results[cur] already set (a statement yields one result, then NULL) */
-    bool is_prepare; /* the connection's own PREPARE group: results are checked and cleared as they come */
+    size_t cur;        /* statement whose results are being read; == nstmts: waiting for the Sync */
+    bool got_result;   /* results[cur] already set (a statement yields one result, then NULL) */
+    bool is_prepare;   /* the connection's own PREPARE group: results are checked and cleared as they come */
+    uint64_t sent_at;  /* loop milliseconds */
+    uint64_t deadline; /* when the owner is answered MX_DB_TIMEOUT */
     PGresult *results[MX_DB_MAX_STMTS];
 };
 
@@ -44,6 +53,8 @@ typedef struct st_conn_t {
     mx_db_job_t *head, *tail;
     unsigned inflight;
     unsigned backoff_step;
+    bool timed_out;      /* the last attempt or job ran out of time: retry at once, time itself spaced the tries */
+    uint64_t connect_at; /* loop milliseconds when the current connect attempt started */
     h2o_timeout_entry_t retry;
 } conn_t;
 
@@ -60,11 +71,19 @@ struct st_mx_db_pool_t {
     unsigned inflight;
     mx_db_job_t *free_jobs;
     h2o_timeout_t backoff[NBACKOFF];
-    unsigned long long completed, failed, rejected_busy;
+    unsigned timeout_ms;
+    h2o_timeout_t sweep_timeout;
+    h2o_timeout_entry_t sweep;
+    unsigned long long completed, failed, rejected_busy, timed_out;
 };
+
+#define SWEEP_MS 50
+/* How many owners one pass of the sweep answers before it walks the FIFO again (their callbacks may submit). */
+#define SWEEP_BATCH 64
 
 static void conn_connect(conn_t *c);
 static void conn_fail(conn_t *c, const char *why);
+static void conn_fail_status(conn_t *c, const char *why, mx_db_status_t status);
 static void on_readable(h2o_socket_t *sock, const char *err);
 static void on_writable(h2o_socket_t *sock, const char *err);
 
@@ -102,6 +121,8 @@ static void job_finish(conn_t *c, mx_db_job_t *job, mx_db_status_t status)
             RELAXED_ADD(pool->completed, 1);
         else
             RELAXED_ADD(pool->failed, 1);
+        if (status == MX_DB_TIMEOUT)
+            RELAXED_ADD(pool->timed_out, 1);
         job->cb(job->owner, status, job->results, job->nstmts);
     } else if (!job->is_prepare) {
         /* cancelled user job: it still counted as in flight until now */
@@ -180,8 +201,14 @@ static void schedule_retry(conn_t *c)
     if (h2o_timeout_is_linked(&c->retry))
         return;
     unsigned step = c->backoff_step < NBACKOFF ? c->backoff_step : NBACKOFF - 1;
-    if (c->backoff_step < NBACKOFF)
+    if (c->timed_out) {
+        /* The attempt already waited the whole timeout: try again at once, so that a database that comes back
+         * (SIGCONT, the network healing) finds an attempt in progress rather than a back-off to sit out. */
+        c->timed_out = false;
+        step = 0;
+    } else if (c->backoff_step < NBACKOFF) {
         c->backoff_step++;
+    }
     c->retry.cb = on_retry;
     h2o_timeout_link(c->pool->loop, &c->pool->backoff[step], &c->retry);
 }
@@ -205,6 +232,8 @@ static int conn_prepare_statements(conn_t *c)
     }
     job->nstmts = MX_STMT__COUNT;
     job->next = NULL;
+    job->sent_at = h2o_now(c->pool->loop);
+    job->deadline = UINT64_MAX;
     c->head = c->tail = job;
     return 0;
 }
@@ -259,10 +288,26 @@ static void on_connect_event(h2o_socket_t *sock, const char *err)
 
 static void conn_connect(conn_t *c)
 {
+    mx_db_pool_t *pool = c->pool;
     c->state = CONN_CONNECTING;
-    /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity. */
-    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {c->pool->conninfo, "mxkeysd", NULL};
+    c->connect_at = h2o_now(pool->loop);
+    /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity.
+     * Keywords before dbname are defaults the conninfo overrides (libpq takes the last value of a keyword). TCP
+     * keepalives find a dead peer on an idle connection; tcp_user_timeout bounds how long sent bytes may stay
+     * unacknowledged (a black-holed network); both are ignored on unix sockets. */
+    char connect_s[16], user_ms[16];
+    snprintf(connect_s, sizeof(connect_s), "%u", pool->timeout_ms < 2000 ? 2 : (pool->timeout_ms + 999) / 1000);
+    snprintf(user_ms, sizeof(user_ms), "%u", pool->timeout_ms);
+    const char *const keys[] = {"connect_timeout",
+                                "keepalives",
+                                "keepalives_idle",
+                                "keepalives_interval",
+                                "keepalives_count",
+                                "tcp_user_timeout",
+                                "dbname",
+                                "fallback_application_name",
+                                NULL};
+    const char *const values[] = {connect_s, "1", "10", "3", "3", user_ms, pool->conninfo, "mxkeysd", NULL};
     c->pg = PQconnectStartParams(keys, values, 1);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -275,6 +320,11 @@ static void conn_connect(conn_t *c)
 
 /* Fails every job in flight (their callbacks see MX_DB_DOWN), drops the connection and schedules a reconnect. */
 static void conn_fail(conn_t *c, const char *why)
+{
+    conn_fail_status(c, why, MX_DB_DOWN);
+}
+
+static void conn_fail_status(conn_t *c, const char *why, mx_db_status_t status)
 {
     if (c->state == CONN_READY || c->head != NULL)
         mx_warn("db: connection %u lost: %.*s", c->index, (int)strcspn(why ? why : "", "\n"), why ? why : "");
@@ -291,10 +341,60 @@ static void conn_fail(conn_t *c, const char *why)
     c->state = CONN_DOWN;
     while (job != NULL) {
         mx_db_job_t *next = job->next;
-        job_finish(c, job, MX_DB_DOWN);
+        job_finish(c, job, status);
         job = next;
     }
     schedule_retry(c);
+}
+
+/* ---- deadlines ----------------------------------------------------------------------------------------------- */
+
+/* Answers owners whose deadline passed; true when it answered any (the FIFO may have changed under it). */
+static bool answer_expired(conn_t *c, uint64_t now)
+{
+    struct {
+        mx_db_cb cb;
+        void *owner;
+    } due[SWEEP_BATCH];
+    size_t n = 0;
+    for (mx_db_job_t *job = c->head; job != NULL && n < SWEEP_BATCH; job = job->next) {
+        if (job->cb == NULL || now < job->deadline)
+            continue;
+        due[n].cb = job->cb;
+        due[n].owner = job->owner;
+        n++;
+        job->cb = NULL; /* detached: job_finish releases the in-flight count when the results (or a failure) come */
+        RELAXED_ADD(c->pool->failed, 1);
+        RELAXED_ADD(c->pool->timed_out, 1);
+    }
+    for (size_t i = 0; i < n; i++)
+        due[i].cb(due[i].owner, MX_DB_TIMEOUT, NULL, 0);
+    return n > 0;
+}
+
+static void on_sweep(h2o_timeout_entry_t *entry)
+{
+    mx_db_pool_t *pool = H2O_STRUCT_FROM_MEMBER(mx_db_pool_t, sweep, entry);
+    uint64_t now = h2o_now(pool->loop);
+    for (unsigned i = 0; i < pool->nconns; i++) {
+        conn_t *c = &pool->conns[i];
+        if (c->state == CONN_CONNECTING && now - c->connect_at >= pool->timeout_ms) {
+            c->timed_out = true;
+            conn_fail(c, "connect attempt timed out");
+            continue;
+        }
+        if (c->state != CONN_READY)
+            continue;
+        if (c->head != NULL && now - c->head->sent_at >= pool->timeout_ms) {
+            mx_warn("db: connection %u: no answer within %u ms; reconnecting", c->index, pool->timeout_ms);
+            c->timed_out = true;
+            conn_fail_status(c, "timed out", MX_DB_TIMEOUT);
+            continue;
+        }
+        while (c->state == CONN_READY && answer_expired(c, now))
+            ;
+    }
+    h2o_timeout_link(pool->loop, &pool->sweep_timeout, &pool->sweep);
 }
 
 /* ---- results ------------------------------------------------------------------------------------------------- */
@@ -397,7 +497,8 @@ static void on_writable(h2o_socket_t *sock, const char *err)
 
 /* ---- public -------------------------------------------------------------------------------------------------- */
 
-mx_db_pool_t *mx_db_pool_new(h2o_evloop_t *loop, const char *conninfo, unsigned nconn, unsigned queue_depth)
+mx_db_pool_t *mx_db_pool_new(h2o_evloop_t *loop, const char *conninfo, unsigned nconn, unsigned queue_depth,
+                             unsigned timeout_ms)
 {
     mx_db_pool_t *pool = calloc(1, sizeof(*pool));
     if (pool == NULL)
@@ -407,8 +508,12 @@ mx_db_pool_t *mx_db_pool_new(h2o_evloop_t *loop, const char *conninfo, unsigned 
     pool->nconns = nconn ? nconn : 1;
     pool->queue_depth = queue_depth ? queue_depth : 1;
     pool->conns = calloc(pool->nconns, sizeof(conn_t));
+    pool->timeout_ms = timeout_ms ? timeout_ms : 1;
     for (size_t i = 0; i < NBACKOFF; i++)
         h2o_timeout_init(loop, &pool->backoff[i], backoff_ms[i]);
+    h2o_timeout_init(loop, &pool->sweep_timeout, SWEEP_MS);
+    pool->sweep.cb = on_sweep;
+    h2o_timeout_link(loop, &pool->sweep_timeout, &pool->sweep);
     for (unsigned i = 0; i < pool->nconns; i++) {
         conn_t *c = &pool->conns[i];
         c->pool = pool;
@@ -439,6 +544,9 @@ void mx_db_pool_free(mx_db_pool_t *pool)
             job = next;
         }
     }
+    if (h2o_timeout_is_linked(&pool->sweep))
+        h2o_timeout_unlink(&pool->sweep);
+    h2o_timeout_dispose(pool->loop, &pool->sweep_timeout);
     for (size_t i = 0; i < NBACKOFF; i++)
         h2o_timeout_dispose(pool->loop, &pool->backoff[i]);
     while (pool->free_jobs != NULL) {
@@ -488,6 +596,8 @@ mx_db_status_t mx_db_submit(mx_db_pool_t *pool, const mx_db_stmt_t *stmts, size_
     job->owner = owner;
     job->nstmts = nstmts;
     job->next = NULL;
+    job->sent_at = h2o_now(pool->loop);
+    job->deadline = job->sent_at + pool->timeout_ms;
     if (c->tail != NULL)
         c->tail->next = job;
     else
@@ -526,6 +636,12 @@ int mx_db_result_ok(const PGresult *res)
     return st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK;
 }
 
+void mx_db_set_deadline(mx_db_job_t *job, unsigned ms)
+{
+    if (job != NULL && job->sent_at + ms < job->deadline)
+        job->deadline = job->sent_at + ms;
+}
+
 void mx_db_cancel(mx_db_job_t *job)
 {
     if (job != NULL)
@@ -561,4 +677,5 @@ void mx_db_pool_stats(const mx_db_pool_t *pool, mx_db_stats_t *out)
     out->completed = RELAXED_LOAD(pool->completed);
     out->failed = RELAXED_LOAD(pool->failed);
     out->rejected_busy = RELAXED_LOAD(pool->rejected_busy);
+    out->timed_out = RELAXED_LOAD(pool->timed_out);
 }

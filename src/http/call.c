@@ -9,6 +9,8 @@
 #include "mxkeys/canonical_json.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/request_checks.h"
+#include "mxkeys/utf8.h"
 
 /* Implemented in response.c. */
 void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, mx_err_t err, const char *msg,
@@ -139,12 +141,20 @@ const char *mx_call_query(mx_call_t *call, const char *name)
 
 /* ---- DB -------------------------------------------------------------------------------------------------------- */
 
-static void db_unavailable(mx_call_t *call)
+/* How long a client should wait before retrying when the database is down or stalled: about one reconnect try. */
+#define DB_RETRY_AFTER "\"retry_after_ms\":1000"
+
+static void db_unavailable(mx_call_t *call, mx_db_status_t status)
 {
     if (call->_streaming)
         mx_call_stream_abort(call);
+    else if (status == MX_DB_TIMEOUT)
+        /* The statements were sent: a write may yet commit (or already has). Every mxkeys write can be retried. */
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER,
+                            "the database did not answer in time; the request may or may not have been applied: "
+                            "retry it");
     else
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "the database is unavailable; try again shortly");
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER, "the database is unavailable; try again shortly");
 }
 
 static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, size_t nresults)
@@ -158,7 +168,7 @@ static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, s
     }
     call->_db_quiet = false;
     if (status != MX_DB_OK) {
-        db_unavailable(call);
+        db_unavailable(call, status);
         return;
     }
     call->_db_cb(call, results, nresults);
@@ -178,9 +188,17 @@ int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_cal
                                 "too many requests in flight on this worker; retry shortly");
         return -1;
     default:
-        db_unavailable(call);
+        db_unavailable(call, MX_DB_DOWN);
         return -1;
     }
+}
+
+int mx_call_db_within(mx_call_t *call, unsigned timeout_ms, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb)
+{
+    if (mx_call_db(call, stmts, nstmts, cb) != 0)
+        return -1;
+    mx_db_set_deadline(call->_job, timeout_ms);
+    return 0;
 }
 
 static void on_later(h2o_timeout_entry_t *entry)
@@ -296,7 +314,8 @@ static void on_auth(mx_auth_waiter_t *waiter, mx_auth_status_t status, const cha
         mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":100", "server busy; retry shortly");
         return;
     default:
-        mx_call_error(call, MX_ERR_UNAVAILABLE, "cannot validate the access token right now; try again shortly");
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER,
+                            "cannot validate the access token right now; try again shortly");
         return;
     }
 }
@@ -463,6 +482,14 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
     (void)self;
     mx_worker_t *w = H2O_STRUCT_FROM_MEMBER(mx_worker_t, ctx, req->conn->ctx);
     uint64_t started = mx_http_now_ns();
+    const char *why;
+    if (!mx_http_framing_ok(req, &why)) {
+        /* h2o framed the body one way, a proxy in front may have framed it another: the rest of the connection
+         * cannot be trusted, so it is closed after the answer. */
+        req->http1_is_persistent = 0;
+        mx_http_respond_plain_error(req, w, MX_METRICS_UNROUTED, MX_ERR_BAD_REQUEST, why, 0);
+        return 0;
+    }
     unsigned method = mx_method_parse(req->method.base, req->method.len);
     if (method == MX_METHOD_OPTIONS) {
         /* CORS pre-flight: answered for every path, without authentication (the spec asks servers to). */
@@ -483,6 +510,11 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
     case MX_ROUTE_FOUND:
         break;
     }
+    /* Every query value is text before any handler reads one (a handler only looks at the ones it knows). */
+    if (!mx_http_query_ok(req, &why)) {
+        mx_http_respond_plain_error(req, w, m.index, MX_ERR_INVALID_PARAM, why, 0);
+        return 0;
+    }
 
     mx_call_t *call = h2o_mem_alloc_shared(&req->pool, sizeof(*call), on_call_dispose);
     memset(call, 0, sizeof(*call));
@@ -497,6 +529,11 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
         call->params[i] = percent_decode(&req->pool, m.params[i].base, m.params[i].len, false);
         if (call->params[i] == NULL) {
             mx_call_error(call, MX_ERR_INVALID_PARAM, "malformed percent-encoding in the path");
+            return 0;
+        }
+        /* Ids go into JSON answers and into PostgreSQL text: both need UTF-8. */
+        if (!mx_utf8_valid(call->params[i], strlen(call->params[i]))) {
+            mx_call_error(call, MX_ERR_INVALID_PARAM, "a path parameter is not valid UTF-8");
             return 0;
         }
     }

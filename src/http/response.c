@@ -8,6 +8,7 @@
 #include "mxkeys/json_writer.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/utf8.h"
 
 uint64_t mx_http_now_ns(void)
 {
@@ -99,7 +100,11 @@ static void build_error(mx_buf_t *out, const char *errcode, const char *extra, c
     mx_jw_key(&jw, "errcode");
     mx_jw_string(&jw, errcode);
     mx_jw_key(&jw, "error");
-    mx_jw_string(&jw, msg);
+    /* Messages can quote what a client sent, and vsnprintf can cut a character in two: always valid UTF-8. */
+    mx_buf_t text = MX_BUF_INIT;
+    mx_utf8_sanitize(&text, msg, strlen(msg));
+    mx_jw_stringn(&jw, text.data ? text.data : "", text.len);
+    mx_buf_free(&text);
     mx_jw_object_end(&jw);
     if (extra != NULL && *extra != '\0') {
         /* splice the extra members before the closing brace */
@@ -236,4 +241,80 @@ void mx_call_stream_abort(mx_call_t *call)
     /* The client saw a 200 header but a truncated body: count it as the server error it is. */
     account(call->req, call->worker, call->route_index, call->route->name, call->user_id, 500, call->_started_ns);
     h2o_send(call->req, NULL, 0, H2O_SEND_STATE_ERROR);
+}
+
+/* ---- h2o's own error answers ------------------------------------------------------------------------------------- */
+
+/* h2o 2.2.5 answers some requests itself, before any handler runs, in text/plain: a body over its
+ * max_request_entity_size (413, from the Content-Length alone or once a chunked body passes it), a broken
+ * Content-Length or chunked body or an unknown Transfer-Encoding (400), an unknown Expect (417). It binds those
+ * requests to the host's fallback path (every routed request binds "/"), so a filter there rewrites each of them as a
+ * Matrix error object with the same status. The only answer it cannot reach is the fixed "400 Bad Request" h2o
+ * writes straight to the socket when a request head does not parse as HTTP at all (or is over 8 KiB). */
+
+typedef struct st_error_filter_t {
+    h2o_filter_t super;
+    size_t max_body_bytes;
+} error_filter_t;
+
+typedef struct st_error_ostream_t {
+    h2o_ostream_t super;
+    error_filter_t *filter;
+} error_ostream_t;
+
+static void on_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs, size_t bufcnt, h2o_send_state_t state)
+{
+    error_ostream_t *os = (error_ostream_t *)self;
+    if (h2o_send_state_is_in_progress(state)) { /* h2o's errors come in one final send; anything else is dropped */
+        h2o_ostream_send_next(self, req, NULL, 0, state);
+        return;
+    }
+    int status = req->res.status;
+    char msg[256];
+    if (status == 413) {
+        snprintf(msg, sizeof(msg), "request body is over the limit of %zu bytes", os->filter->max_body_bytes);
+    } else {
+        size_t n = 0;
+        for (size_t i = 0; i < bufcnt && n < sizeof(msg) - 1; i++) {
+            size_t take = bufs[i].len < sizeof(msg) - 1 - n ? bufs[i].len : sizeof(msg) - 1 - n;
+            memcpy(msg + n, bufs[i].base, take);
+            n += take;
+        }
+        msg[n] = '\0';
+        if (n == 0)
+            snprintf(msg, sizeof(msg), "%s", reason_phrase(status));
+    }
+    mx_buf_t *buf = h2o_mem_alloc_shared(&req->pool, sizeof(*buf), on_req_buf_dispose);
+    *buf = (mx_buf_t)MX_BUF_INIT;
+    build_error(buf, status == 413 ? mx_err_code(MX_ERR_TOO_LARGE) : "M_UNKNOWN", NULL, msg);
+    ssize_t ct = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
+    if (ct >= 0)
+        req->res.headers.entries[ct].value = h2o_iovec_init(H2O_STRLIT("application/json"));
+    else
+        h2o_add_header(&req->pool, &req->res.headers, H2O_TOKEN_CONTENT_TYPE, NULL, H2O_STRLIT("application/json"));
+    add_cors(req);
+    req->res.content_length = buf->len;
+    mx_worker_t *w = H2O_STRUCT_FROM_MEMBER(mx_worker_t, ctx, req->conn->ctx);
+    account(req, w, MX_METRICS_UNROUTED, NULL, NULL, status, 0);
+    h2o_iovec_t body = h2o_iovec_init(buf->data, buf->len);
+    bool head = req->input.method.len == 4 && memcmp(req->input.method.base, "HEAD", 4) == 0;
+    h2o_ostream_send_next(self, req, &body, head ? 0 : 1, state);
+}
+
+static void on_error_setup_ostream(h2o_filter_t *self, h2o_req_t *req, h2o_ostream_t **slot)
+{
+    if (req->res.status >= 400) {
+        error_ostream_t *os = (error_ostream_t *)h2o_add_ostream(req, sizeof(*os), slot);
+        os->super.do_send = on_error_send;
+        os->filter = (error_filter_t *)self;
+        slot = &os->super.next;
+    }
+    h2o_setup_next_ostream(req, slot);
+}
+
+void mx_http_register_error_filter(h2o_pathconf_t *fallback, size_t max_body_bytes)
+{
+    error_filter_t *f = (error_filter_t *)h2o_create_filter(fallback, sizeof(*f));
+    f->super.on_setup_ostream = on_error_setup_ostream;
+    f->max_body_bytes = max_body_bytes;
 }

@@ -25,6 +25,8 @@
 
 /* Defined in call.c: the single h2o handler that routes every request. */
 int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req);
+/* Defined in response.c: h2o's own text/plain errors (413 past its limit, broken framing) become Matrix errors. */
+void mx_http_register_error_filter(h2o_pathconf_t *fallback, size_t max_body_bytes);
 extern const size_t mx_nroutes;
 
 /* How long a stopping worker waits for in-flight requests before it gives up on them. */
@@ -119,7 +121,8 @@ static void *worker_run(void *arg)
     w->accept_ctx.ctx = &w->ctx;
     w->accept_ctx.hosts = server->h2o.hosts;
     /* Published with a release store: /metrics on other workers reads it. */
-    __atomic_store_n(&w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth),
+    __atomic_store_n(&w->db, mx_db_pool_new(w->loop, server->conninfo, cfg->db_connections, cfg->db_queue_depth,
+                                             cfg->db_timeout_ms),
                      __ATOMIC_RELEASE);
     h2o_timeout_init(w->loop, &w->later_timeout, MX_CALL_LATER_MS);
     if (cfg->auth_mode == MX_AUTH_HOMESERVER) {
@@ -249,11 +252,12 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     server->conninfo = conninfo;
     h2o_config_init(&server->h2o);
     server->h2o.server_name = h2o_iovec_init(H2O_STRLIT("mxkeys"));
-    /* h2o answers bodies over its own limit with a plain-text 413 before any handler runs. Give it headroom above
-     * ours so that ordinary oversize bodies reach the handler and get a Matrix M_TOO_LARGE; only bodies past twice
-     * the limit get h2o's plain 413 (same status, and h2o stops reading them early). */
+    /* h2o answers bodies over its own limit with a 413 before any handler runs (rewritten as a Matrix M_TOO_LARGE by
+     * the error filter below). Give it headroom above ours so that ordinary oversize bodies are read and answered by
+     * the handler on a connection that stays open; past twice the limit h2o stops reading and closes. */
     server->h2o.max_request_entity_size = cfg->max_body_bytes * 2 + 65536;
     h2o_hostconf_t *host = h2o_config_register_host(&server->h2o, h2o_iovec_init(H2O_STRLIT("default")), 65535);
+    mx_http_register_error_filter(&host->fallback_path, cfg->max_body_bytes);
     h2o_pathconf_t *path = h2o_config_register_path(host, "/", 0);
     h2o_handler_t *handler = h2o_create_handler(path, sizeof(*handler));
     handler->on_req = mx_http_on_req;

@@ -8,6 +8,8 @@
 #include "mxkeys/upstream.h"
 #include <h2o/http1client.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -318,6 +320,16 @@ static h2o_http1client_head_cb on_connect(h2o_http1client_t *http, const char *e
         int size = LONG_POLL_RCVBUF;
         (void)setsockopt(h2o_socket_get_fd(http->sock), SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
     }
+    /* Deadlines bound each request; these bound the connection itself, idle in the pool or not: keepalive probes find
+     * a homeserver host that vanished, TCP_USER_TIMEOUT drops a connection whose sent bytes stay unacknowledged (a
+     * black-holed network) instead of the kernel's default of about 15 minutes of retransmissions. */
+    int fd = h2o_socket_get_fd(http->sock), on = 1, idle = 10, intvl = 3, cnt = 3;
+    unsigned user_timeout = req->up->default_timeout_ms;
+    (void)setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof(intvl));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &cnt, sizeof(cnt));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof(user_timeout));
     *reqbufs = req->bufs;
     *reqbufcnt = req->bufs[1].len ? 2 : 1;
     *method_is_head = 0;

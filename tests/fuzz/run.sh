@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# libFuzzer targets over mxkeys' pure modules (Debian's clang; ASan+UBSan on).
+#   tests/fuzz/run.sh ci [seconds]      build, replay the regression inputs, run each target for `seconds` (default 5)
+#                                       on a scratch copy of its seed corpus; exit 1 on any crash
+#   tests/fuzz/run.sh long [seconds]    run each target for `seconds` (default 3600) into build-fuzz/corpus/<target>,
+#                                       printing executions and coverage; crashes land in build-fuzz/crashes/
+# A crash found by a long run becomes a regression input: copy it into tests/fuzz/regressions/<target>/.
+set -euo pipefail
+cd "$(dirname "$(readlink -f "$0")")/../.."
+MODE=${1:-ci}
+SECONDS_EACH=${2:-$([ "$MODE" = long ] && echo 3600 || echo 5)}
+OUT=build-fuzz
+TARGETS=(canonical_json signed_json base64 router config utf8)
+SOURCES=(src/core/buf.c src/core/errors.c src/core/reason.c src/core/log.c src/core/config.c src/core/utf8.c
+         src/crypto/base64.c src/crypto/canonical_json.c src/crypto/signed_json.c src/http/router.c
+         src/api/keys_validate.c)
+CC=${CC_FUZZ:-clang}
+FLAGS=(-g -O1 -std=c11 -D_GNU_SOURCE -DH2O_USE_LIBUV=0 -Iinclude -fsanitize=fuzzer,address,undefined
+       -fno-sanitize-recover=undefined $(pkg-config --cflags jansson libsodium))
+LIBS=($(pkg-config --libs jansson libsodium) -pthread)
+mkdir -p "$OUT"
+for t in "${TARGETS[@]}"; do
+    exe="$OUT/fuzz_$t"
+    if [ ! -x "$exe" ] || [ -n "$(find tests/fuzz/fuzz_$t.c "${SOURCES[@]}" include -newer "$exe" | head -1)" ]; then
+        "$CC" "${FLAGS[@]}" -o "$exe" "tests/fuzz/fuzz_$t.c" "${SOURCES[@]}" "${LIBS[@]}"
+    fi
+done
+export ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
+failed=0
+for t in "${TARGETS[@]}"; do
+    exe="$OUT/fuzz_$t"
+    seeds=tests/fuzz/corpus/$t
+    regress=tests/fuzz/regressions/$t
+    if [ -d "$regress" ] && [ -n "$(ls -A "$regress")" ]; then
+        "$exe" "$regress"/* >"$OUT/$t.regress.log" 2>&1 || { echo "fuzz_$t: a regression input fails (see $OUT/$t.regress.log)"; failed=1; }
+    fi
+    if [ "$MODE" = long ]; then
+        work=$OUT/corpus/$t
+        mkdir -p "$work" "$OUT/crashes"
+    else
+        work=$(mktemp -d "$OUT/ci-$t.XXXXXX")
+    fi
+    log="$OUT/$t.$MODE.log"
+    if "$exe" -max_total_time="$SECONDS_EACH" -max_len=4096 -timeout=10 -rss_limit_mb=1024 \
+        -artifact_prefix="$OUT/crashes-$t-" "$work" "$seeds" >"$log" 2>&1; then
+        stats=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1 || true)
+        echo "fuzz_$t: ok in ${SECONDS_EACH}s: ${stats}"
+    else
+        echo "fuzz_$t: CRASH (see $log; input saved as $OUT/crashes-$t-*)"
+        tail -30 "$log"
+        failed=1
+    fi
+    [ "$MODE" = long ] || rm -rf "$work"
+done
+exit $failed
