@@ -64,7 +64,7 @@ mx_db_status_t mx_db_submit(mx_db_pool_t *pool, const mx_db_stmt_t *stmts, size_
 void mx_db_set_deadline(mx_db_job_t *job, unsigned ms);
 /** The owner went away: the job still completes on the wire (it is atomic) but the callback will not run. */
 void mx_db_cancel(mx_db_job_t *job);
-/** True when at least one connection can take a job now. */
+/** True when at least one connection can take a job now (safe from another thread: a relaxed read). */
 bool mx_db_pool_ready(const mx_db_pool_t *pool);
 /** Snapshot of the pool's figures (read by /metrics from another thread: values are relaxed, may be torn). */
 void mx_db_pool_stats(const mx_db_pool_t *pool, mx_db_stats_t *out);

@@ -1,6 +1,7 @@
 /* Operations endpoints: liveness, readiness (the database answers), Prometheus metrics. */
 #include "mxkeys/api.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/server.h"
 
 /* The readiness probe's deadline (or --db-timeout-ms when shorter). */
 #define MX_READY_TIMEOUT_MS 1000
@@ -22,8 +23,18 @@ static void on_ping(mx_call_t *call, PGresult **results, size_t n)
 
 void mx_api_ready(mx_call_t *call)
 {
-    /* A real round trip, not just the pool's connection state: a wedged server must read as not ready, and soon:
-     * a load balancer's probe has its own short timeout. */
+    /* Every worker has its own pool and takes its share of the connections: one with no database connection (still
+     * backing off after an outage) fails every request it accepts, so the process is not ready until all are. */
+    const mx_server_t *server = call->worker->server;
+    for (unsigned i = 0; i < server->nworkers; i++) {
+        const mx_db_pool_t *pool = __atomic_load_n(&server->workers[i].db, __ATOMIC_ACQUIRE);
+        if (pool == NULL || !mx_db_pool_ready(pool)) {
+            mx_call_error(call, MX_ERR_UNAVAILABLE, "worker %u has no database connection", i);
+            return;
+        }
+    }
+    /* Then a real round trip, not just the pools' connection state: a wedged server must read as not ready, and
+     * soon: a load balancer's probe has its own short timeout. */
     mx_db_stmt_t ping = {.id = MX_STMT_PING};
     unsigned ms = call->config->db_timeout_ms < MX_READY_TIMEOUT_MS ? call->config->db_timeout_ms : MX_READY_TIMEOUT_MS;
     (void)mx_call_db_within(call, ms, &ping, 1, on_ping);

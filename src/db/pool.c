@@ -651,7 +651,7 @@ void mx_db_cancel(mx_db_job_t *job)
 bool mx_db_pool_ready(const mx_db_pool_t *pool)
 {
     for (unsigned i = 0; i < pool->nconns; i++)
-        if (pool->conns[i].state == CONN_READY)
+        if (RELAXED_LOAD(pool->conns[i].state) == CONN_READY)
             return true;
     return false;
 }
