@@ -206,7 +206,7 @@ class Recorder {
         // seq: when the request started, done: when its answer came (one counter for both)
         this.syncs = []; // {seq, done, status, since, otk, fallback_types, msc2732, next_batch}
         this.uploads = []; // {seq, done, status, otk_ids, fallback_ids, otk_keys, fallback_keys, device_keys, counts}
-        this.requests = []; // {seq, method, path, status}
+        this.requests = []; // {seq, done, method, path, status}
         this.seq = 0;
         this.fetch = this.fetch.bind(this);
     }
@@ -229,6 +229,7 @@ class Recorder {
         const res = await fetch(resource, options);
         entry.status = res.status;
         const done = ++this.seq; // sequence numbers order request starts and answers alike
+        entry.done = done;
         if (method === "GET" && /\/_matrix\/client\/(?:r0|v3)\/sync$/.test(path)) {
             const s = { seq, done, status: res.status, since: url.searchParams.get("since") };
             if (res.status === 200) {
@@ -547,6 +548,20 @@ async function queryKeys(token, userId) {
 
 const pubkey = (k) => (k ? Object.values(k.keys ?? {})[0] ?? null : null);
 
+// Waits until the client's key work has died down: no /keys/* request in flight, and two /syncs started after the
+// last one was answered. The Rust crypto drops private cross-signing keys that differ from what its own /keys/query
+// answers: a query still pending from an earlier change and answered with the old keys after a reset generated new
+// ones (but before their upload, which the UIA round trip delays) would make the client forget the new keys. Any
+// server answers that query the same way, so the scenario starts a reset only once such queries are done.
+async function keysQuiet(c, what) {
+    return until(`${what}: ${c.userId}/${c.deviceId} done with its /keys requests`, () => {
+        const keys = c.rec.requests.filter((r) => /\/keys\//.test(r.path));
+        if (keys.some((r) => r.status === null)) return null;
+        const last = keys.at(-1)?.done ?? 0;
+        return c.rec.okSyncs().filter((s) => s.seq > last).length >= 2 ? c.rec.seq : null;
+    }, { seen: () => ({ requests: c.rec.requests.slice(-5), syncs: c.rec.okSyncs().length }) });
+}
+
 async function scenarioCrossSigning(job) {
     const alice = await startClient(job.users[0], "js alice xsign");
     await firstUpload(alice);
@@ -563,6 +578,7 @@ async function scenarioCrossSigning(job) {
         return pubkey(q.master) === master1 && q.self_signing ? q : null;
     });
     const ready1 = await until("isCrossSigningReady after the first bootstrap", () => alice.crypto.isCrossSigningReady());
+    await keysQuiet(alice, "before the reset");
 
     const uia2 = [];
     await step("bootstrapCrossSigning with setupNewCrossSigning (reset through UIA)", () =>
