@@ -47,6 +47,41 @@ static void compare(verifier_t *v, const char *user, const char *what, const jso
     free(b);
 }
 
+/* The rows of a query answering (key text, JSON text) as one object: key -> parsed value. NULL when out of memory or
+ * a value does not parse (the query builds it: neither happens short of a bug). */
+static json_t *rows_to_map(PGresult *res)
+{
+    json_t *map = json_object();
+    json_error_t je;
+    for (int row = 0; map != NULL && row < PQntuples(res); row++) {
+        json_t *value = json_loads(PQgetvalue(res, row, 1), JSON_DECODE_ANY, &je);
+        if (value == NULL || json_object_set_new(map, PQgetvalue(res, row, 0), value) != 0) {
+            json_decref(map);
+            map = NULL;
+        }
+    }
+    return map;
+}
+
+/* Reports every key whose value differs between what Synapse implies and what mxkeys holds, both ways round. */
+static void compare_maps(verifier_t *v, const char *user, const char *label, const json_t *expected,
+                         const json_t *actual)
+{
+    const char *k;
+    json_t *e;
+    char what[700];
+    json_object_foreach((json_t *)expected, k, e)
+    {
+        snprintf(what, sizeof(what), "%s %s", label, k);
+        compare(v, user, what, e, json_object_get(actual, k));
+    }
+    json_object_foreach((json_t *)actual, k, e) if (json_object_get(expected, k) == NULL)
+    {
+        snprintf(what, sizeof(what), "%s %s", label, k);
+        compare(v, user, what, NULL, e);
+    }
+}
+
 /* obj with the signatures the user sees on target merged in (signed by the user itself: self-view) */
 static json_t *with_signatures(const json_t *obj, const json_t *sigs, const char *user, const char *target)
 {
@@ -102,20 +137,10 @@ static int on_begin(imp_sink_t *s, const char *user, const json_t *doc, char *er
                             name != NULL ? json_pack("{s:s}", "device_display_name", name) : json_object());
         json_object_set_new(expected, device, obj);
     }
-    const char *id;
+    compare_maps(v, user, "/keys/query device", expected, actual);
+    json_decref(expected);
     json_t *e;
     char what[512];
-    json_object_foreach(expected, id, e)
-    {
-        snprintf(what, sizeof(what), "/keys/query device %s", id);
-        compare(v, user, what, e, json_object_get(actual, id));
-    }
-    json_object_foreach(actual, id, e) if (json_object_get(expected, id) == NULL)
-    {
-        snprintf(what, sizeof(what), "/keys/query device %s", id);
-        compare(v, user, what, NULL, e);
-    }
-    json_decref(expected);
 
     /* cross-signing keys: the newest generation of each usage */
     static const char *const usages[3][2] = {
@@ -203,10 +228,12 @@ static int check_claimable(verifier_t *v, const char *user, char *err, size_t er
                                1, params, err, errlen);
     if (res == NULL)
         return -1;
-    json_t *actual = json_object();
-    for (int row = 0; row < PQntuples(res); row++)
-        json_object_set_new(actual, PQgetvalue(res, row, 0), json_integer(atoll(PQgetvalue(res, row, 1))));
+    json_t *actual = rows_to_map(res);
     PQclear(res);
+    if (actual == NULL) {
+        snprintf(err, errlen, "reading mxkeys' one-time key counts failed");
+        return -1;
+    }
     const char *k;
     json_t *e;
     json_object_foreach(v->otk_counts, k, e)
@@ -230,11 +257,12 @@ static int check_claimable(verifier_t *v, const char *user, char *err, size_t er
                      1, params, err, errlen);
     if (res == NULL)
         return -1;
-    actual = json_object();
-    json_error_t je;
-    for (int row = 0; row < PQntuples(res); row++)
-        json_object_set_new(actual, PQgetvalue(res, row, 0), json_loads(PQgetvalue(res, row, 1), 0, &je));
+    actual = rows_to_map(res);
     PQclear(res);
+    if (actual == NULL) {
+        snprintf(err, errlen, "reading mxkeys' fallback keys failed");
+        return -1;
+    }
     size_t i;
     json_t *f;
     json_t *expected = json_object();
@@ -247,17 +275,7 @@ static int check_claimable(verifier_t *v, const char *user, char *err, size_t er
             expected, key,
             json_pack("[O,O,O]", json_object_get(f, "id"), json_object_get(f, "key"), json_object_get(f, "used")));
     }
-    char what[700];
-    json_object_foreach(expected, k, e)
-    {
-        snprintf(what, sizeof(what), "fallback key of device and algorithm %s", k);
-        compare(v, user, what, e, json_object_get(actual, k));
-    }
-    json_object_foreach(actual, k, e) if (json_object_get(expected, k) == NULL)
-    {
-        snprintf(what, sizeof(what), "fallback key of device and algorithm %s", k);
-        compare(v, user, what, NULL, e);
-    }
+    compare_maps(v, user, "fallback key of device and algorithm", expected, actual);
     json_decref(expected);
     json_decref(actual);
     return 0;
@@ -273,11 +291,12 @@ static int check_versions(verifier_t *v, const char *user, char *err, size_t err
                                1, params, err, errlen);
     if (res == NULL)
         return -1;
-    json_t *actual = json_object();
-    json_error_t je;
-    for (int row = 0; row < PQntuples(res); row++)
-        json_object_set_new(actual, PQgetvalue(res, row, 0), json_loads(PQgetvalue(res, row, 1), 0, &je));
+    json_t *actual = rows_to_map(res);
     PQclear(res);
+    if (actual == NULL) {
+        snprintf(err, errlen, "reading mxkeys' backup versions failed");
+        return -1;
+    }
     json_t *expected = json_object();
     size_t i;
     json_t *e;
@@ -299,18 +318,7 @@ static int check_versions(verifier_t *v, const char *user, char *err, size_t err
         }
         json_object_set_new(expected, k, exp);
     }
-    const char *k;
-    char what[128];
-    json_object_foreach(expected, k, e)
-    {
-        snprintf(what, sizeof(what), "/room_keys version %s", k);
-        compare(v, user, what, e, json_object_get(actual, k));
-    }
-    json_object_foreach(actual, k, e) if (json_object_get(expected, k) == NULL)
-    {
-        snprintf(what, sizeof(what), "/room_keys version %s", k);
-        compare(v, user, what, NULL, e);
-    }
+    compare_maps(v, user, "/room_keys version", expected, actual);
     json_decref(expected);
     json_decref(actual);
     return 0;
