@@ -66,8 +66,9 @@ void mx_db_set_deadline(mx_db_job_t *job, unsigned ms);
 void mx_db_cancel(mx_db_job_t *job);
 /** True when at least one connection can take a job now (safe from another thread: a relaxed read). */
 bool mx_db_pool_ready(const mx_db_pool_t *pool);
-/** Snapshot of the pool's figures (read by /metrics from another thread: values are relaxed, may be torn). */
-void mx_db_pool_stats(const mx_db_pool_t *pool, mx_db_stats_t *out);
+/** Adds the pool's figures to *sum (the workers' pools summed for /metrics, from another thread: values are
+ * relaxed, may be torn). */
+void mx_db_pool_stats_add(const mx_db_pool_t *pool, mx_db_stats_t *sum);
 
 /** True when `res` is a successful (TUPLES_OK / COMMAND_OK) result. */
 int mx_db_result_ok(const PGresult *res);

@@ -46,8 +46,8 @@ void mx_server_keys_get(mx_server_keys_t *sk, const char *server_name, const cha
                         mx_server_key_waiter_t *waiter);
 /** Withdraws a waiter whose callback has not run (the look-up goes on and fills the cache). */
 void mx_server_keys_cancel(mx_server_key_waiter_t *waiter);
-/** The counters, for /metrics (another thread: relaxed, may be torn). */
-void mx_server_keys_stats(const mx_server_keys_t *sk, mx_server_keys_stats_t *out);
+/** Adds the counters to *sum, for /metrics (another thread: relaxed, may be torn). */
+void mx_server_keys_stats_add(const mx_server_keys_t *sk, mx_server_keys_stats_t *sum);
 /** Counts one request-authentication outcome (OK, REFUSED or UNAVAILABLE). */
 void mx_server_keys_count_auth(mx_server_keys_t *sk, mx_server_key_status_t outcome);
 

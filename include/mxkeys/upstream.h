@@ -84,8 +84,8 @@ void mx_upstream_resume(mx_upstream_req_t *req);
 /** Ends every long-poll still waiting for its answer's head with MX_UPSTREAM_SHUTDOWN: a stopping worker should
  * not hold its drain for the length of the clients' polls. */
 void mx_upstream_end_long_polls(mx_upstream_t *up);
-/** Figures for /metrics (read from another thread: relaxed, may be torn). */
-void mx_upstream_stats(const mx_upstream_t *up, mx_upstream_stats_t *out);
+/** Adds the client's figures to *sum, for /metrics (read from another thread: relaxed, may be torn). */
+void mx_upstream_stats_add(const mx_upstream_t *up, mx_upstream_stats_t *sum);
 /** Time now on the client's loop, in milliseconds. */
 uint64_t mx_upstream_now(const mx_upstream_t *up);
 

@@ -158,15 +158,7 @@ void mx_api_federation_metrics(const mx_server_t *server, mx_buf_t *out)
         if (sk == NULL)
             continue;
         enabled = true;
-        mx_server_keys_stats_t st;
-        mx_server_keys_stats(sk, &st);
-        sum.cache_hits += st.cache_hits;
-        sum.notary_queries += st.notary_queries;
-        sum.notary_failures += st.notary_failures;
-        sum.refused += st.refused;
-        sum.auth_ok += st.auth_ok;
-        sum.auth_refused += st.auth_refused;
-        sum.auth_unavailable += st.auth_unavailable;
+        mx_server_keys_stats_add(sk, &sum);
     }
     if (!enabled)
         return;

@@ -90,15 +90,15 @@ mx_server_keys_t *mx_server_keys_new(h2o_evloop_t *loop, mx_upstream_t *notary, 
     return sk;
 }
 
-void mx_server_keys_stats(const mx_server_keys_t *sk, mx_server_keys_stats_t *out)
+void mx_server_keys_stats_add(const mx_server_keys_t *sk, mx_server_keys_stats_t *sum)
 {
-    out->cache_hits = LOAD(sk->stats.cache_hits);
-    out->notary_queries = LOAD(sk->stats.notary_queries);
-    out->notary_failures = LOAD(sk->stats.notary_failures);
-    out->refused = LOAD(sk->stats.refused);
-    out->auth_ok = LOAD(sk->stats.auth_ok);
-    out->auth_refused = LOAD(sk->stats.auth_refused);
-    out->auth_unavailable = LOAD(sk->stats.auth_unavailable);
+    sum->cache_hits += LOAD(sk->stats.cache_hits);
+    sum->notary_queries += LOAD(sk->stats.notary_queries);
+    sum->notary_failures += LOAD(sk->stats.notary_failures);
+    sum->refused += LOAD(sk->stats.refused);
+    sum->auth_ok += LOAD(sk->stats.auth_ok);
+    sum->auth_refused += LOAD(sk->stats.auth_refused);
+    sum->auth_unavailable += LOAD(sk->stats.auth_unavailable);
 }
 
 void mx_server_keys_count_auth(mx_server_keys_t *sk, mx_server_key_status_t outcome)

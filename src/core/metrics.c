@@ -129,20 +129,8 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
     mx_db_stats_t sum = {0};
     for (unsigned w = 0; w < server->nworkers; w++) {
         const mx_db_pool_t *pool = __atomic_load_n(&server->workers[w].db, __ATOMIC_ACQUIRE);
-        if (pool == NULL)
-            continue;
-        mx_db_stats_t st;
-        mx_db_pool_stats(pool, &st);
-        sum.connections += st.connections;
-        sum.connected += st.connected;
-        sum.connecting += st.connecting;
-        sum.down += st.down;
-        sum.inflight += st.inflight;
-        sum.queue_depth += st.queue_depth;
-        sum.completed += st.completed;
-        sum.failed += st.failed;
-        sum.rejected_busy += st.rejected_busy;
-        sum.timed_out += st.timed_out;
+        if (pool != NULL)
+            mx_db_pool_stats_add(pool, &sum);
     }
     mx_buf_printf(out,
                   "# HELP mxkeys_db_connections Database connections by state, all workers.\n"
@@ -168,14 +156,8 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
         mx_upstream_stats_t hs = {0};
         for (unsigned w = 0; w < server->nworkers; w++) {
             const mx_upstream_t *up = __atomic_load_n(&server->workers[w].homeserver, __ATOMIC_ACQUIRE);
-            if (up == NULL)
-                continue;
-            mx_upstream_stats_t st;
-            mx_upstream_stats(up, &st);
-            hs.requests += st.requests;
-            hs.unreachable += st.unreachable;
-            hs.timeouts += st.timeouts;
-            hs.inflight += st.inflight;
+            if (up != NULL)
+                mx_upstream_stats_add(up, &hs);
         }
         mx_buf_printf(out,
                       "# HELP mxkeys_homeserver_requests_total Requests sent to the homeserver (whoami, forwarded "

@@ -656,26 +656,25 @@ bool mx_db_pool_ready(const mx_db_pool_t *pool)
     return false;
 }
 
-void mx_db_pool_stats(const mx_db_pool_t *pool, mx_db_stats_t *out)
+void mx_db_pool_stats_add(const mx_db_pool_t *pool, mx_db_stats_t *sum)
 {
-    memset(out, 0, sizeof(*out));
-    out->connections = pool->nconns;
+    sum->connections += pool->nconns;
     for (unsigned i = 0; i < pool->nconns; i++) {
         switch (RELAXED_LOAD(pool->conns[i].state)) {
         case CONN_READY:
-            out->connected++;
+            sum->connected++;
             break;
         case CONN_CONNECTING:
-            out->connecting++;
+            sum->connecting++;
             break;
         default:
-            out->down++;
+            sum->down++;
         }
     }
-    out->inflight = RELAXED_LOAD(pool->inflight);
-    out->queue_depth = pool->queue_depth;
-    out->completed = RELAXED_LOAD(pool->completed);
-    out->failed = RELAXED_LOAD(pool->failed);
-    out->rejected_busy = RELAXED_LOAD(pool->rejected_busy);
-    out->timed_out = RELAXED_LOAD(pool->timed_out);
+    sum->inflight += RELAXED_LOAD(pool->inflight);
+    sum->queue_depth += pool->queue_depth;
+    sum->completed += RELAXED_LOAD(pool->completed);
+    sum->failed += RELAXED_LOAD(pool->failed);
+    sum->rejected_busy += RELAXED_LOAD(pool->rejected_busy);
+    sum->timed_out += RELAXED_LOAD(pool->timed_out);
 }

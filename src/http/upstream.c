@@ -158,12 +158,12 @@ uint64_t mx_upstream_now(const mx_upstream_t *up)
     return h2o_now(up->loop);
 }
 
-void mx_upstream_stats(const mx_upstream_t *up, mx_upstream_stats_t *out)
+void mx_upstream_stats_add(const mx_upstream_t *up, mx_upstream_stats_t *sum)
 {
-    out->requests = LOAD(up->stats.requests);
-    out->unreachable = LOAD(up->stats.unreachable);
-    out->timeouts = LOAD(up->stats.timeouts);
-    out->inflight = LOAD(up->stats.inflight);
+    sum->requests += LOAD(up->stats.requests);
+    sum->unreachable += LOAD(up->stats.unreachable);
+    sum->timeouts += LOAD(up->stats.timeouts);
+    sum->inflight += LOAD(up->stats.inflight);
 }
 
 /* ---- request lifetime ------------------------------------------------------------------------------------------ */
