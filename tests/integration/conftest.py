@@ -35,6 +35,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 CLIENT_PREFIX = "/_matrix/client/v3"
 STARTUP_TIMEOUT = 30  # seconds until /_mxkeys/health answers 200 (generous: sanitizer builds on a busy machine)
+STARTUP_READY_GRACE = 5  # seconds a healthy server may take to become ready before a test starts anyway
 
 
 def free_port():
@@ -179,6 +180,7 @@ class Server:
         self.admin_token = flags.get("admin_token")
         self.flags = flags
         self.stopped = False  # set by stop(): a server that exits without it crashed
+        self._healthy_at = None
         # database_url=None (with state_dir=...) starts a server on its embedded cluster instead of the session's
         self.database_url = flags.pop("database_url", pg.conninfo if pg else None)
         self.state_dir = flags.get("state_dir")
@@ -192,7 +194,7 @@ class Server:
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL, stderr=self._stderr,
                                      stdin=subprocess.DEVNULL)
         try:
-            wait_for(self._healthy, STARTUP_TIMEOUT, f"mxkeysd on port {self.port}")
+            wait_for(self._started, STARTUP_TIMEOUT, f"mxkeysd on port {self.port}")
         except AssertionError as e:
             self.stop(signal.SIGKILL)
             if "Address already in use" in self.stderr_text():
@@ -200,6 +202,21 @@ class Server:
             if str(e).startswith("mxkeysd exited"):
                 raise  # the message already holds the stderr tail
             raise AssertionError(f"mxkeysd did not become healthy ({e}):\n{self.stderr_text()[-3000:]}") from None
+
+    def _started(self):
+        if not self._healthy():
+            return False
+        if self._healthy_at is None:
+            self._healthy_at = time.monotonic()
+        # Each worker accepts once its own pool connected (or after a few seconds without a database): wait for the
+        # last one, so that a test's first request does not land on a worker still connecting. A server started
+        # with its database down never gets ready: it counts as started a few seconds after it first answered.
+        try:
+            if requests.get(self.url + "/_mxkeys/ready", timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        return time.monotonic() - self._healthy_at > STARTUP_READY_GRACE
 
     def _healthy(self):
         if self.proc.poll() is not None:
