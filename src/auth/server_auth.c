@@ -4,6 +4,7 @@
 #include "mxkeys/server_auth.h"
 #include <stdio.h>
 #include <string.h>
+#include "mxkeys/base64.h"
 
 static void finish(mx_server_auth_t *a, mx_server_key_status_t status, const char *origin)
 {
@@ -74,6 +75,12 @@ void mx_server_auth_start(mx_server_auth_t *a, mx_server_keys_t *sk, const mx_se
             return;
         case MX_XMATRIX_OK:
             break;
+        }
+        /* A sig that cannot be an ed25519 signature fails whatever the key: refuse it before asking the notary. */
+        if (!mx_base64_is_key(h.sig, MX_ED25519_SIGNATURE_BYTES)) {
+            refuse(a, "the X-Matrix sig by %s is not an ed25519 signature (64 bytes of unpadded base64)%s", h.origin,
+                   "");
+            return;
         }
         if (a->_n == MX_SERVER_AUTH_MAX_HEADERS) {
             refuse(a, "more than %s X-Matrix Authorization headers%s", "four", "");

@@ -96,6 +96,12 @@ def test_signature_destination_and_header_refusals(fed, notary, login):
     refused(claim(fed, remote, want, headers=two), "disagree")
     bad_sig = remote.header("POST", CLAIM, content={"x": 1})
     refused(claim(fed, remote, want, headers=[("Authorization", bad_sig)]), "does not match")
+    # a sig that is no signature at all is refused without asking the notary for a key it has not seen yet
+    unseen = notary.add_remote(unique("unseen"))
+    asked = len(notary.queries)
+    short = re.sub(r'sig="[^"]*"', 'sig="c2hvcnQ"', unseen.header("POST", CLAIM, content=body))
+    refused(claim(fed, unseen, want, headers=[("Authorization", short)]), "not an ed25519 signature")
+    assert len(notary.queries) == asked, notary.queries[asked:]
     # nothing was handed out by any refused request
     assert len(ok_claim(fed, remote, want)[dev.user_id][dev.device_id]) == 1
     r = requests.get(fed.url + "/_mxkeys/health")
