@@ -10,6 +10,7 @@
 #include "mxkeys/embedded_pg.h"
 #include "mxkeys/log.h"
 #include "mxkeys/migrate.h"
+#include "mxkeys/routes.h"
 #include "mxkeys/server.h"
 
 static mx_server_t server;
@@ -79,6 +80,8 @@ static int serve(const mx_config_t *cfg)
             snprintf(ready, sizeof(ready), "ready: http://%s:%u (tokens are checked with %s)", cfg->listen_host,
                      cfg->listen_port, cfg->homeserver_url);
         server.ready_line = ready;
+        server.routes = mx_routes;
+        server.nroutes = mx_nroutes;
         status = mx_server_run(&server, conninfo) == 0 ? 0 : 1;
         mx_info("stopped");
     }

@@ -131,8 +131,4 @@ bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults);
  */
 void mx_call_db_error(mx_call_t *call, const PGresult *res);
 
-/** The handler table the HTTP layer routes to (src/api/routes.c). */
-extern const mx_route_t mx_routes[];
-extern const size_t mx_nroutes;
-
 #endif

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include "mxkeys/buf.h"
 #include "mxkeys/config.h"
 
 struct st_mx_db_pool_t;
@@ -42,7 +43,10 @@ typedef struct st_mx_worker_t {
 
 typedef struct st_mx_server_t {
     const mx_config_t *config;
-    const char *conninfo; /* database the workers connect to */
+    const struct st_mx_route_t *routes; /* the handler table, handed in by main.c (src/api/routes.c) */
+    size_t nroutes;
+    const char **route_names; /* routes[i].name, for the metrics */
+    const char *conninfo;     /* database the workers connect to */
     h2o_globalconf_t h2o;
     int listen_fd;
     mx_worker_t *workers;
@@ -62,6 +66,8 @@ int mx_server_listen(mx_server_t *server, const mx_config_t *config, char *err, 
     __attribute__((warn_unused_result));
 /** Starts the workers and runs until mx_server_stop; in-flight requests are drained before it returns. */
 int mx_server_run(mx_server_t *server, const char *conninfo) __attribute__((warn_unused_result));
+/** Appends the process's Prometheus figures: requests by route, database pools, homeserver clients, offload. */
+void mx_server_metrics_render(const mx_server_t *server, mx_buf_t *out);
 /** Async-signal-safe: asks every worker to stop accepting and drain. */
 void mx_server_stop(mx_server_t *server);
 

@@ -44,6 +44,7 @@ void mx_api_ready(mx_call_t *call)
 void mx_api_metrics(mx_call_t *call)
 {
     mx_buf_t *buf = mx_call_buf(call);
-    mx_metrics_render(call->worker->server, buf);
+    mx_server_metrics_render(call->worker->server, buf);
+    mx_api_federation_metrics(call->worker->server, buf);
     mx_call_respond_typed(call, 200, "text/plain; version=0.0.4", buf->data, buf->len);
 }

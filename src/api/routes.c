@@ -1,4 +1,5 @@
 /* The route table: every endpoint mxkeys serves. Client routes answer under /_matrix/client/{r0,v3,unstable}. */
+#include "mxkeys/routes.h"
 #include "mxkeys/api.h"
 
 #define CLIENT(m, p, auth, body, fn)                                                                                   \

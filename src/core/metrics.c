@@ -3,11 +3,6 @@
 #include "mxkeys/metrics.h"
 #include <stdlib.h>
 #include <string.h>
-#include "mxkeys/api.h"
-#include "mxkeys/call.h"
-#include "mxkeys/db.h"
-#include "mxkeys/offload.h"
-#include "mxkeys/upstream.h"
 
 static const int status_slots[] = {200, 204, 400, 401, 403, 404, 405, 413, 429, 500, 502, 503, 504};
 #define NSTATUS (sizeof(status_slots) / sizeof(status_slots[0]) + 1) /* last: any other status */
@@ -23,15 +18,18 @@ typedef struct st_route_counters_t {
 } route_counters_t;
 
 struct st_mx_metrics_t {
-    size_t nroutes; /* slots: one per route, then one for unrouted requests */
+    const char *const *route_names; /* borrowed: "METHOD /path" per route */
+    size_t nroutes;                 /* slots: one per route, then one for unrouted requests */
     route_counters_t r[];
 };
 
-mx_metrics_t *mx_metrics_new(size_t nroutes)
+mx_metrics_t *mx_metrics_new(const char *const *route_names, size_t nroutes)
 {
     mx_metrics_t *m = calloc(1, sizeof(*m) + sizeof(route_counters_t) * (nroutes + 1));
-    if (m != NULL)
+    if (m != NULL) {
+        m->route_names = route_names;
         m->nroutes = nroutes;
+    }
     return m;
 }
 
@@ -61,19 +59,24 @@ void mx_metrics_observe(mx_metrics_t *m, size_t route, int status, uint64_t dura
     BUMP(rc->count, 1);
 }
 
-static void route_labels(size_t slot, size_t nroutes, mx_buf_t *out)
+static void route_labels(const mx_metrics_t *m, size_t slot, mx_buf_t *out)
 {
-    if (slot == nroutes) {
+    if (slot == m->nroutes) {
         mx_buf_puts(out, "method=\"-\",route=\"unrouted\"");
         return;
     }
-    const char *name = mx_routes[slot].name, *sp = strchr(name, ' ');
+    const char *name = m->route_names[slot], *sp = strchr(name, ' ');
     mx_buf_printf(out, "method=\"%.*s\",route=\"%s\"", (int)(sp - name), name, sp + 1);
 }
 
-void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
+void mx_metrics_render(const mx_metrics_t *const *per_worker, size_t nworkers, mx_buf_t *out)
 {
-    size_t nroutes = mx_nroutes;
+    const mx_metrics_t *first = NULL;
+    for (size_t w = 0; w < nworkers && first == NULL; w++)
+        first = per_worker[w];
+    if (first == NULL)
+        return;
+    size_t nroutes = first->nroutes;
     route_counters_t total;
     mx_buf_puts(out, "# HELP mxkeys_http_requests_total Answered HTTP requests by route and status.\n"
                      "# TYPE mxkeys_http_requests_total counter\n");
@@ -82,8 +85,8 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
                        "# TYPE mxkeys_http_request_duration_seconds histogram\n");
     for (size_t slot = 0; slot <= nroutes; slot++) {
         memset(&total, 0, sizeof(total));
-        for (unsigned w = 0; w < server->nworkers; w++) {
-            const mx_metrics_t *m = server->workers[w].metrics;
+        for (size_t w = 0; w < nworkers; w++) {
+            const mx_metrics_t *m = per_worker[w];
             if (m == NULL)
                 continue;
             route_counters_t *rc = (route_counters_t *)&m->r[slot];
@@ -100,7 +103,7 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
             if (total.status[s] == 0)
                 continue;
             mx_buf_puts(out, "mxkeys_http_requests_total{");
-            route_labels(slot, nroutes, out);
+            route_labels(first, slot, out);
             if (s < NSTATUS - 1)
                 mx_buf_printf(out, ",status=\"%d\"} %llu\n", status_slots[s], (unsigned long long)total.status[s]);
             else
@@ -110,97 +113,19 @@ void mx_metrics_render(const mx_server_t *server, mx_buf_t *out)
         for (size_t b = 0; b <= NBUCKETS; b++) {
             cumulative += total.bucket[b];
             mx_buf_puts(&hist, "mxkeys_http_request_duration_seconds_bucket{");
-            route_labels(slot, nroutes, &hist);
+            route_labels(first, slot, &hist);
             if (b < NBUCKETS)
                 mx_buf_printf(&hist, ",le=\"%g\"} %llu\n", bucket_le[b], (unsigned long long)cumulative);
             else
                 mx_buf_printf(&hist, ",le=\"+Inf\"} %llu\n", (unsigned long long)cumulative);
         }
         mx_buf_puts(&hist, "mxkeys_http_request_duration_seconds_sum{");
-        route_labels(slot, nroutes, &hist);
+        route_labels(first, slot, &hist);
         mx_buf_printf(&hist, "} %.6f\n", (double)total.sum_ns / 1e9);
         mx_buf_puts(&hist, "mxkeys_http_request_duration_seconds_count{");
-        route_labels(slot, nroutes, &hist);
+        route_labels(first, slot, &hist);
         mx_buf_printf(&hist, "} %llu\n", (unsigned long long)total.count);
     }
     mx_buf_append(out, hist.data, hist.len);
     mx_buf_free(&hist);
-
-    mx_db_stats_t sum = {0};
-    for (unsigned w = 0; w < server->nworkers; w++) {
-        const mx_db_pool_t *pool = __atomic_load_n(&server->workers[w].db, __ATOMIC_ACQUIRE);
-        if (pool != NULL)
-            mx_db_pool_stats_add(pool, &sum);
-    }
-    mx_buf_printf(out,
-                  "# HELP mxkeys_db_connections Database connections by state, all workers.\n"
-                  "# TYPE mxkeys_db_connections gauge\n"
-                  "mxkeys_db_connections{state=\"ready\"} %u\n"
-                  "mxkeys_db_connections{state=\"connecting\"} %u\n"
-                  "mxkeys_db_connections{state=\"down\"} %u\n"
-                  "# HELP mxkeys_db_inflight Database jobs sent and not yet answered, all workers.\n"
-                  "# TYPE mxkeys_db_inflight gauge\n"
-                  "mxkeys_db_inflight %u\n"
-                  "# HELP mxkeys_db_queue_limit In-flight jobs allowed before answering 503, all workers.\n"
-                  "# TYPE mxkeys_db_queue_limit gauge\n"
-                  "mxkeys_db_queue_limit %u\n"
-                  "# HELP mxkeys_db_jobs_total Database jobs by outcome.\n"
-                  "# TYPE mxkeys_db_jobs_total counter\n"
-                  "mxkeys_db_jobs_total{outcome=\"completed\"} %llu\n"
-                  "mxkeys_db_jobs_total{outcome=\"failed\"} %llu\n"
-                  "mxkeys_db_jobs_total{outcome=\"rejected_busy\"} %llu\n"
-                  "mxkeys_db_jobs_total{outcome=\"timed_out\"} %llu\n",
-                  sum.connected, sum.connecting, sum.down, sum.inflight, sum.queue_depth, sum.completed, sum.failed,
-                  sum.rejected_busy, sum.timed_out);
-    if (server->config->auth_mode == MX_AUTH_HOMESERVER) {
-        mx_upstream_stats_t hs = {0};
-        for (unsigned w = 0; w < server->nworkers; w++) {
-            const mx_upstream_t *up = __atomic_load_n(&server->workers[w].homeserver, __ATOMIC_ACQUIRE);
-            if (up != NULL)
-                mx_upstream_stats_add(up, &hs);
-        }
-        mx_buf_printf(out,
-                      "# HELP mxkeys_homeserver_requests_total Requests sent to the homeserver (whoami, forwarded "
-                      "and mirrored requests, /sync).\n"
-                      "# TYPE mxkeys_homeserver_requests_total counter\n"
-                      "mxkeys_homeserver_requests_total %llu\n"
-                      "# HELP mxkeys_homeserver_failures_total Requests to the homeserver that got no answer.\n"
-                      "# TYPE mxkeys_homeserver_failures_total counter\n"
-                      "mxkeys_homeserver_failures_total{kind=\"unreachable\"} %llu\n"
-                      "mxkeys_homeserver_failures_total{kind=\"timeout\"} %llu\n"
-                      "# HELP mxkeys_homeserver_inflight Requests to the homeserver in flight (held /syncs "
-                      "included).\n"
-                      "# TYPE mxkeys_homeserver_inflight gauge\n"
-                      "mxkeys_homeserver_inflight %u\n",
-                      hs.requests, hs.unreachable, hs.timeouts, hs.inflight);
-        mx_buf_printf(out,
-                      "# HELP mxkeys_device_removals_retried_total Removals of a device's keys retried after the "
-                      "homeserver removed the device.\n"
-                      "# TYPE mxkeys_device_removals_retried_total counter\n"
-                      "mxkeys_device_removals_retried_total %llu\n"
-                      "# HELP mxkeys_device_removals_failed_total Removals that failed every retry (the keys are "
-                      "still served: remove them with the admin API).\n"
-                      "# TYPE mxkeys_device_removals_failed_total counter\n"
-                      "mxkeys_device_removals_failed_total %llu\n",
-                      __atomic_load_n(&server->removal_retries, __ATOMIC_RELAXED),
-                      __atomic_load_n(&server->removal_failures, __ATOMIC_RELAXED));
-    }
-    mx_api_federation_metrics(server, out);
-    mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
-                  server->nworkers);
-    if (server->offload != NULL) {
-        mx_offload_stats_t off;
-        mx_offload_pool_stats(server->offload, &off);
-        mx_buf_printf(
-            out,
-            "# HELP mxkeys_offload_queued Jobs (signature checks, large body parses) waiting for an offload "
-            "thread.\n"
-            "# TYPE mxkeys_offload_queued gauge\n"
-            "mxkeys_offload_queued %zu\n"
-            "# HELP mxkeys_offload_jobs_total Offload jobs by outcome (refused: queue full, run on the loop).\n"
-            "# TYPE mxkeys_offload_jobs_total counter\n"
-            "mxkeys_offload_jobs_total{outcome=\"done\"} %llu\n"
-            "mxkeys_offload_jobs_total{outcome=\"refused\"} %llu\n",
-            off.queued, off.done, off.refused);
-    }
 }

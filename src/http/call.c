@@ -1,6 +1,6 @@
 /* The request pipeline in front of every handler: route -> body limit -> JSON -> auth -> handler. Each step answers
  * with the Matrix error the spec names before any work is done for the next. */
-#include "mxkeys/call.h"
+#include "http_internal.h"
 #include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,12 +11,6 @@
 #include "mxkeys/metrics.h"
 #include "mxkeys/request_checks.h"
 #include "mxkeys/utf8.h"
-
-/* Implemented in response.c. */
-void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, mx_err_t err, const char *msg,
-                                 unsigned allow);
-void mx_http_respond_options(h2o_req_t *req, mx_worker_t *w);
-uint64_t mx_http_now_ns(void);
 
 /* The auth step's state; lives in the call, so in the request pool. */
 typedef struct st_mx_call_auth_t {
@@ -273,9 +267,6 @@ void mx_call_db_error(mx_call_t *call, const PGresult *res)
 
 /* ---- auth ------------------------------------------------------------------------------------------------------ */
 
-/* Implemented in call_server_auth.c. */
-void mx_call_server_auth(mx_call_t *call, void (*next)(mx_call_t *call));
-
 static void run_handler(mx_call_t *call)
 {
     call->route->handler(call);
@@ -488,7 +479,8 @@ int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req)
     size_t pathlen = req->query_at != SIZE_MAX ? req->query_at : req->path.len;
     mx_route_match_t m;
     unsigned allowed = 0;
-    switch (mx_router_match(mx_routes, mx_nroutes, method, req->path.base, pathlen, &m, &allowed)) {
+    const mx_server_t *server = w->server;
+    switch (mx_router_match(server->routes, server->nroutes, method, req->path.base, pathlen, &m, &allowed)) {
     case MX_ROUTE_NO_PATH:
         mx_http_respond_plain_error(req, w, MX_METRICS_UNROUTED, MX_ERR_UNRECOGNIZED_PATH, "unrecognised path", 0);
         return 0;

@@ -2,7 +2,7 @@
  * parsed body handed to server_auth.c; the handler runs once the origin is authenticated. The check's state is a
  * shared object of the request pool, so a client that goes away cancels it. */
 #include <string.h>
-#include "mxkeys/call.h"
+#include "http_internal.h"
 #include "mxkeys/server_auth.h"
 
 typedef struct st_call_server_auth_t {

@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
-#include "mxkeys/call.h"
+#include "http_internal.h"
 #include "mxkeys/json_writer.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
@@ -150,6 +150,19 @@ void mx_call_respond_buf(mx_call_t *call, int status, mx_buf_t *buf)
     mx_call_respond_status(call, status, buf->data ? buf->data : "", buf->len);
 }
 
+static void on_req_buf_dispose(void *p)
+{
+    mx_buf_free(p);
+}
+
+/* A buffer freed with the request's pool. */
+static mx_buf_t *req_buf(h2o_req_t *req)
+{
+    mx_buf_t *buf = h2o_mem_alloc_shared(&req->pool, sizeof(*buf), on_req_buf_dispose);
+    *buf = (mx_buf_t)MX_BUF_INIT;
+    return buf;
+}
+
 static void call_error_v(mx_call_t *call, mx_err_t err, const char *extra, const char *fmt, va_list ap)
 {
     if (call->_streaming) { /* too late for an error status: cut the body short */
@@ -158,7 +171,7 @@ static void call_error_v(mx_call_t *call, mx_err_t err, const char *extra, const
     }
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
-    mx_buf_t *buf = mx_call_buf(call);
+    mx_buf_t *buf = req_buf(call->req);
     build_error(buf, mx_err_code(err), extra, msg);
     mx_call_respond_buf(call, mx_err_status(err), buf);
 }
@@ -181,16 +194,10 @@ void mx_call_error_extra(mx_call_t *call, mx_err_t err, const char *extra, const
 
 /* ---- before routing (no call yet) ------------------------------------------------------------------------------ */
 
-static void on_req_buf_dispose(void *p)
-{
-    mx_buf_free(p);
-}
-
 void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, mx_err_t err, const char *msg,
                                  unsigned allow)
 {
-    mx_buf_t *buf = h2o_mem_alloc_shared(&req->pool, sizeof(*buf), on_req_buf_dispose);
-    *buf = (mx_buf_t)MX_BUF_INIT;
+    mx_buf_t *buf = req_buf(req);
     build_error(buf, mx_err_code(err), NULL, msg);
     if (allow != 0) {
         char value[64];

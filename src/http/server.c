@@ -21,13 +21,7 @@
 #include "mxkeys/server_keys.h"
 #include "mxkeys/upstream.h"
 #include "mxkeys/revocations.h"
-#include "mxkeys/call.h"
-
-/* Defined in call.c: the single h2o handler that routes every request. */
-int mx_http_on_req(h2o_handler_t *self, h2o_req_t *req);
-/* Defined in response.c: h2o's own text/plain errors (413 past its limit, broken framing) become Matrix errors. */
-void mx_http_register_error_filter(h2o_pathconf_t *fallback, size_t max_body_bytes);
-extern const size_t mx_nroutes;
+#include "http_internal.h"
 
 /* How long a stopping worker waits for in-flight requests before it gives up on them. */
 #define DRAIN_LIMIT_MS 30000
@@ -270,11 +264,16 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     if (server->workers == NULL || server->offload == NULL ||
         (cfg->auth_mode == MX_AUTH_HOMESERVER && server->revocations == NULL))
         return -1;
+    server->route_names = calloc(server->nroutes ? server->nroutes : 1, sizeof(*server->route_names));
+    if (server->route_names == NULL)
+        return -1;
+    for (size_t r = 0; r < server->nroutes; r++)
+        server->route_names[r] = server->routes[r].name;
     for (unsigned i = 0; i < server->nworkers; i++) {
         mx_worker_t *w = &server->workers[i];
         w->index = i;
         w->server = server;
-        w->metrics = mx_metrics_new(mx_nroutes);
+        w->metrics = mx_metrics_new(server->route_names, server->nroutes);
     }
     for (unsigned i = 0; i < server->nworkers; i++) {
         if (pthread_create(&server->workers[i].thread, NULL, worker_main, &server->workers[i]) != 0) {
