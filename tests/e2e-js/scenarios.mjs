@@ -201,12 +201,21 @@ async function rawLogin(user, deviceName) {
 // ---------------------------------------------------------------------------------------------------------------
 // a js-sdk client (one device) and the record of what it did over HTTP
 
+// The public one-time and fallback keys a /keys/upload body carries, as key id -> public key.
+function uploadedKeys(body) {
+    const otks = body?.one_time_keys ?? {};
+    const fbs = body?.fallback_keys ?? body?.["org.matrix.msc2732.fallback_keys"] ?? {};
+    const pub = (m) => Object.fromEntries(Object.entries(m).map(([id, k]) => [id, k?.key ?? k]));
+    return { otk_keys: pub(otks), fallback_keys: pub(fbs) };
+}
+
 class Recorder {
     constructor() {
         // seq: when the request started, done: when its answer came (one counter for both)
         this.syncs = []; // {seq, done, status, since, otk, fallback_types, msc2732, next_batch}
         this.uploads = []; // {seq, done, status, otk_ids, fallback_ids, otk_keys, fallback_keys, device_keys, counts}
         this.requests = []; // {seq, done, method, path, status}
+        this.sent = []; // {otk_keys, fallback_keys} of every key upload, recorded when it is sent
         this.seq = 0;
         this.fetch = this.fetch.bind(this);
     }
@@ -226,6 +235,7 @@ class Recorder {
                 reqBody = null;
             }
         }
+        if (reqBody) this.sent.push(uploadedKeys(reqBody));
         const res = await fetch(resource, options);
         entry.status = res.status;
         const done = ++this.seq; // sequence numbers order request starts and answers alike
@@ -241,13 +251,11 @@ class Recorder {
             }
             this.syncs.push(s);
         } else if (method === "POST" && /\/keys\/upload$/.test(path)) {
-            const otks = reqBody?.one_time_keys ?? {};
-            const fbs = reqBody?.fallback_keys ?? reqBody?.["org.matrix.msc2732.fallback_keys"] ?? {};
-            const pub = (m) => Object.fromEntries(Object.entries(m).map(([id, k]) => [id, k?.key ?? k]));
+            const keys = uploadedKeys(reqBody);
             const u = {
                 seq, done, status: res.status,
-                otk_ids: Object.keys(otks), fallback_ids: Object.keys(fbs),
-                otk_keys: pub(otks), fallback_keys: pub(fbs), // key id -> public key
+                otk_ids: Object.keys(keys.otk_keys), fallback_ids: Object.keys(keys.fallback_keys),
+                ...keys, // key id -> public key
                 device_keys: Boolean(reqBody?.device_keys),
                 counts: null,
             };
@@ -357,30 +365,43 @@ function claimBody(c) {
     return { one_time_keys: { [c.userId]: { [c.deviceId]: FALLBACK_ALG } } };
 }
 
-// bob claims alice's keys one by one until a claim answers a fallback key. One-time and fallback key ids come
-// from separate counters in the Rust crypto (both start at "AAAAAAAAAAA"), so keys are told apart by their public
-// key and the "fallback" flag in the signed object, and checked against what alice's client uploaded as which.
+// bob claims alice's keys until a claim answers a fallback key, CLAIM_BATCH claims at a time: alice's client tops
+// its keys up after every /sync, so one claim after another could chase it for a long time on a slow machine. One-time
+// and fallback key ids come from separate counters in the Rust crypto (both start at "AAAAAAAAAAA"), so keys are told
+// apart by their public key and the "fallback" flag in the signed object, and checked against what alice's client
+// sent as which (recorded as it sends: a key can be claimed before the client has read its upload's answer).
+const CLAIM_BATCH = 8;
+
 async function drainUntilFallback(bob, alice, what) {
     const claimed = [];
     return step(`bob claims alice's one-time keys until her fallback key (${what})`, async () => {
-        for (let i = 0; i < 2000; i++) {
-            const r = await httpOk("POST", "/_matrix/client/v3/keys/claim", bob.token, claimBody(alice));
-            const keys = r.one_time_keys?.[alice.userId]?.[alice.deviceId] ?? {};
-            const ids = Object.keys(keys);
-            check(ids.length === 1, `claim ${i + 1} answered ${ids.length} keys: ${JSON.stringify(r)}`);
-            const id = ids[0];
-            const pub = keys[id].key;
-            const uploads = alice.rec.okUploads();
-            const asFallback = uploads.some((u) => u.fallback_keys[id] === pub);
-            const asOtk = uploads.some((u) => u.otk_keys[id] === pub);
-            check(asFallback !== asOtk, `claimed ${id} (${pub}): uploaded as fallback ${asFallback}, as one-time ${asOtk}`);
-            check(Boolean(keys[id].fallback) === asFallback,
-                `claimed ${id}: "fallback" flag ${keys[id].fallback} but uploaded as ${asFallback ? "fallback" : "one-time"} key`);
-            if (asFallback) return { otks: claimed, fallback: id, fallback_key: pub };
-            check(!claimed.includes(pub), `one-time key ${id} (${pub}) handed out twice`);
-            claimed.push(pub);
+        for (let round = 0; round < 250; round++) {
+            const answers = await Promise.all(Array.from({ length: CLAIM_BATCH }, () =>
+                httpOk("POST", "/_matrix/client/v3/keys/claim", bob.token, claimBody(alice))));
+            let fallback = null;
+            for (const r of answers) {
+                const keys = r.one_time_keys?.[alice.userId]?.[alice.deviceId] ?? {};
+                const ids = Object.keys(keys);
+                check(ids.length === 1, `a claim answered ${ids.length} keys: ${JSON.stringify(r)}`);
+                const id = ids[0];
+                const pub = keys[id].key;
+                const asFallback = alice.rec.sent.some((u) => u.fallback_keys[id] === pub);
+                const asOtk = alice.rec.sent.some((u) => u.otk_keys[id] === pub);
+                check(asFallback !== asOtk, `claimed ${id} (${pub}): sent as fallback ${asFallback}, as one-time ${asOtk}`);
+                check(Boolean(keys[id].fallback) === asFallback,
+                    `claimed ${id}: "fallback" flag ${keys[id].fallback} but sent as ${asFallback ? "fallback" : "one-time"} key`);
+                if (asFallback) {
+                    check(fallback === null || fallback.fallback_key === pub,
+                        `two fallback keys answered at once: ${fallback?.fallback_key} and ${pub}`);
+                    fallback = { fallback: id, fallback_key: pub };
+                    continue;
+                }
+                check(!claimed.includes(pub), `one-time key ${id} (${pub}) handed out twice`);
+                claimed.push(pub);
+            }
+            if (fallback) return { otks: claimed, ...fallback };
         }
-        throw new Error(`2000 claims and still no fallback key (alice keeps uploading?)`);
+        throw new Error(`${250 * CLAIM_BATCH} claims and still no fallback key (alice keeps uploading?)`);
     });
 }
 
