@@ -455,13 +455,15 @@ async function scenarioFallback(job) {
     const idleUploads1 = alice.rec.uploads.filter((u) => u.seq > settled1 && u.seq <= idle1.at(-1).done).length;
 
     const bob = await step("raw login of bob", () => rawLogin(job.users[1], "raw bob"));
+    // the client tops up while bob drains (when its count falls) or right after: look for uploads from the start
+    const drain1From = alice.rec.seq;
     const drain1 = await drainUntilFallback(bob, alice, "first");
     check(drain1.fallback_key === fallback1Key,
         `the claim answered fallback key ${drain1.fallback} ${drain1.fallback_key}, uploaded ${fallback1} ${fallback1Key}`);
     const claimed1 = alice.rec.seq; // every request alice's client starts from now on comes after the claim
 
     const replenish = await until("alice's client uploading new one-time keys after the claims",
-        () => alice.rec.okUploads().find((u) => u.seq > claimed1 && u.otk_ids.length > 0),
+        () => alice.rec.okUploads().find((u) => u.seq > drain1From && u.otk_ids.length > 0),
         { seen: () => ({ uploads: alice.rec.uploads.slice(-3), syncs: alice.rec.okSyncs().slice(-2).map(brief) }) });
 
     // Does the report itself make the client replace its fallback key? (The Rust crypto: no, it goes by age.)
@@ -491,12 +493,12 @@ async function scenarioFallback(job) {
         JSON.stringify(x.fallback_types) === JSON.stringify([FALLBACK_ALG])),
     `the /syncs after the new fallback key said ${JSON.stringify(unusedAgain.map(brief))}`);
 
+    const drain2From = alice.rec.seq;
     const drain2 = await drainUntilFallback(bob, alice, "second");
-    const claimed2 = alice.rec.seq;
 
     // idle: the client must not upload one-time keys on every sync
     await until("alice's client topping up its one-time keys after the second drain",
-        () => alice.rec.okUploads().find((u) => u.seq > claimed2 && u.otk_ids.length > 0),
+        () => alice.rec.okUploads().find((u) => u.seq > drain2From && u.otk_ids.length > 0),
         { seen: () => ({ uploads: alice.rec.uploads.slice(-3), syncs: alice.rec.okSyncs().slice(-2).map(brief) }) });
     const idleFrom = await settled(alice, "after the top-up");
     const idle2 = await moreSyncs(alice, 6, "idle, counting uploads");
