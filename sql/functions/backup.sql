@@ -81,10 +81,23 @@ BEGIN
     DELETE FROM backup_sessions WHERE user_id = p_user AND version = p_version;
 END $$;
 
+-- The replacement rule of backed-up sessions (spec, "Server-side key backups"): a stored session is replaced only by
+-- a strictly better one, in this order: verified beats unverified; then the lower first_message_index; then the
+-- lower forwarded_count. An equal key keeps the stored one (and so the etag stays). SQL, IMMUTABLE: inlined into the
+-- statement that calls it.
+CREATE OR REPLACE FUNCTION mx_backup_session_is_better(new backup_sessions, old backup_sessions) RETURNS boolean
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT (new.is_verified AND NOT old.is_verified)
+        OR (new.is_verified = old.is_verified
+            AND (new.first_message_index < old.first_message_index
+                 OR (new.first_message_index = old.first_message_index
+                     AND new.forwarded_count < old.forwarded_count)))
+$$;
+
 -- PUT /room_keys/keys...: p_rooms is {"<room>": {"sessions": {"<session>": KeyBackupData}}} (validated by the
--- server). Writes go only to the current version. A stored session is replaced only by a strictly better key, in
--- this order: verified beats unverified; then the lower first_message_index; then the lower forwarded_count.
--- Returns {"etag", "count"}, or {"current_version"} when p_version exists but is not the current one.
+-- server). Writes go only to the current version: to another live one, 403 M_WRONG_ROOM_KEYS_VERSION naming the
+-- current version in `current_version`. A stored session is replaced only when mx_backup_session_is_better.
+-- Returns {"etag", "count"}.
 CREATE OR REPLACE FUNCTION mx_backup_put(p_user text, p_version bigint, p_rooms jsonb) RETURNS jsonb
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -100,7 +113,9 @@ BEGIN
     END IF;
     current := mx_backup_current_version(p_user);
     IF current <> p_version THEN
-        RETURN jsonb_build_object('current_version', current::text);
+        PERFORM mx_client_error(403, 'M_WRONG_ROOM_KEYS_VERSION',
+                                format('writes go to the current backup version, which is %s', current),
+                                jsonb_build_object('current_version', current::text));
     END IF;
 
     WITH input AS (
@@ -115,11 +130,7 @@ BEGIN
         ON CONFLICT (user_id, version, room_id, session_id) DO UPDATE
             SET first_message_index = EXCLUDED.first_message_index, forwarded_count = EXCLUDED.forwarded_count,
                 is_verified = EXCLUDED.is_verified, session_data = EXCLUDED.session_data
-            WHERE (EXCLUDED.is_verified AND NOT b.is_verified)
-               OR (EXCLUDED.is_verified = b.is_verified
-                   AND (EXCLUDED.first_message_index < b.first_message_index
-                        OR (EXCLUDED.first_message_index = b.first_message_index
-                            AND EXCLUDED.forwarded_count < b.forwarded_count)))
+            WHERE mx_backup_session_is_better(EXCLUDED, b)
         RETURNING (xmax = 0) AS is_insert -- xmax is 0 exactly for rows this statement inserted
     )
     SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) INTO inserted, replaced

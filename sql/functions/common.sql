@@ -3,12 +3,20 @@
 -- Applied at every start after the schema migrations, all families in one transaction (docs/ARCHITECTURE.md, "the
 -- migration/function rule"): this file is the only definition of each function in it.
 
--- Raises a client error that the server turns into a Matrix error (DETAIL = "<status> <errcode>"; mx_call_db_error).
-CREATE OR REPLACE FUNCTION mx_client_error(status int, errcode text, message text) RETURNS void
+-- The one way SQL reports a client error: raised with SQLSTATE MXERR, MESSAGE the Matrix `error` text, DETAIL
+-- "<status> <errcode>" and, when the answer carries more members than errcode and error (M_WRONG_ROOM_KEYS_VERSION's
+-- current_version), " <JSON object of those members>". mx_call_db_error (src/http/call.c) turns it into the Matrix
+-- error; the errcode must be in include/mxkeys/errors.h with that status, or the client gets a 500.
+CREATE OR REPLACE FUNCTION mx_client_error(status int, errcode text, message text, extra jsonb) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    RAISE EXCEPTION USING ERRCODE = 'MXERR', MESSAGE = message, DETAIL = status::text || ' ' || errcode;
+    RAISE EXCEPTION USING ERRCODE = 'MXERR', MESSAGE = message,
+        DETAIL = status::text || ' ' || errcode || COALESCE(' ' || extra::text, '');
 END $$;
+
+-- The same without extra members (no DEFAULT on the one above: a call with three arguments would then match both).
+CREATE OR REPLACE FUNCTION mx_client_error(status int, errcode text, message text) RETURNS void
+LANGUAGE sql AS $$ SELECT mx_client_error(status, errcode, message, NULL::jsonb) $$;
 
 -- Records a device-list change. Stream ids are taken under a transaction-scoped lock so that they become visible
 -- in order: a reader that saw id N can never later find a smaller id committed behind it.
