@@ -28,10 +28,12 @@ CHANGED_ON_PURPOSE = {
     "mx_backup_put(p_user text, p_version bigint, p_rooms jsonb)":
         "a write to a non-current version is raised, and the replacement rule is mx_backup_session_is_better",
     "mx_client_error(status integer, errcode text, message text)": "calls the form with extra members",
+    "mx_keys_query(p_viewer text, p_wanted jsonb)": "the visibility rule of signatures is mx_signature_visible",
 }
 ADDED_ON_PURPOSE = {
     "mx_backup_session_is_better(new backup_sessions, old backup_sessions)",
     "mx_client_error(status integer, errcode text, message text, extra jsonb)",
+    "mx_signature_visible(p_viewer text, p_signer text, p_owner text)",
 }
 
 
