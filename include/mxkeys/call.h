@@ -126,8 +126,9 @@ mx_call_t *mx_call_offload_return(mx_call_t **owner);
  */
 bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults);
 /**
- * Answers for a failed statement result: an MXERR raised by our SQL functions becomes the Matrix error it names;
- * a serialization failure or deadlock becomes 503 (retry); anything else is logged and answered 500.
+ * Answers for a failed statement result: an MXERR raised by our SQL functions (mx_client_error) becomes the Matrix
+ * error it names, with the extra members it carries; a serialization failure or deadlock becomes 503 (retry);
+ * anything else is logged and answered 500.
  */
 void mx_call_db_error(mx_call_t *call, const PGresult *res);
 

@@ -1,4 +1,4 @@
-/* Mirroring identity writes to the homeserver (--auth homeserver; design in sql/007_sidecar.sql):
+/* Mirroring identity writes to the homeserver (--auth homeserver; design in sql/functions/sidecar.sql):
  *
  *   the handler validates, and begins the write (a marker) in its first job
  *   -> mx_mirror_forward: the homeserver gets the write with the client's own credentials

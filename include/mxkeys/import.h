@@ -1,5 +1,5 @@
 /* `mxkeysd import synapse`: copies a Synapse database's end-to-end keys and backups into mxkeys (see
- * sql/008_import_synapse.sql for what a run owns and what it leaves alone). Blocking; runs in place of the server. */
+ * sql/functions/import.sql for what a run owns and what it leaves alone). Blocking; runs in place of the server. */
 #ifndef MXKEYS_IMPORT_H
 #define MXKEYS_IMPORT_H
 

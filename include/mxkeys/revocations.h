@@ -1,7 +1,7 @@
 /* Access tokens revoked through mxkeys (a logout, a device deletion), shared by the workers of a process: every
  * worker's token cache checks it on a hit, so a revoked token stops working on all of them at once. Revocations made
  * by other instances sharing the database reach it through a poll of the token_revocations stream
- * (sql/008_device_lifecycle.sql) every MX_REVOCATIONS_POLL_MS.
+ * (sql/functions/sidecar.sql) every MX_REVOCATIONS_POLL_MS.
  *
  * Cost on the request path: one relaxed atomic load per cached-token hit; the list is searched only when a revocation
  * happened since the entry was cached. */

@@ -18,7 +18,5 @@ int64_t mx_backup_parse_version(const char *s);
 int mx_backup_check_key_data(mx_call_t *call, const json_t *data, const char *where);
 /** The `version` query parameter of a sessions request; answers (400 or 404) and returns -1 when unusable. */
 int64_t mx_backup_query_version(mx_call_t *call);
-/** Answers a DB result that holds {"etag","count"} or {"current_version"} (write to a non-current version). */
-void mx_backup_respond_write(mx_call_t *call, const PGresult *res);
 
 #endif

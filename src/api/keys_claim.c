@@ -1,7 +1,7 @@
 /* POST /keys/claim: for each requested device, the oldest unclaimed one-time key of the algorithm, or else the
  * device's fallback key. The atomicity (never the same key twice, never the fallback while keys remain) lives in
- * mx_keys_claim (sql/002_keys.sql); this handler validates and splices. Beside a homeserver, other servers' users
- * are claimed through it (it federates) while the local part runs, and the answers are merged. */
+ * mx_keys_claim (sql/functions/claims.sql); this handler validates and splices. Beside a homeserver, other servers'
+ * users are claimed through it (it federates) while the local part runs, and the answers are merged. */
 #include <string.h>
 #include "mxkeys/api.h"
 #include "mxkeys/identity_mirror.h"

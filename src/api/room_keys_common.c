@@ -73,19 +73,3 @@ int64_t mx_backup_query_version(mx_call_t *call)
         mx_call_error(call, MX_ERR_NOT_FOUND, "no backup version %s", v);
     return version;
 }
-
-void mx_backup_respond_write(mx_call_t *call, const PGresult *res)
-{
-    const char *text = PQgetvalue(res, 0, 0);
-    json_t *v = json_loads(text, 0, NULL);
-    const char *current = json_string_value(json_object_get(v, "current_version"));
-    if (current != NULL) {
-        char extra[96];
-        snprintf(extra, sizeof(extra), "\"current_version\":\"%s\"", current);
-        mx_call_error_extra(call, MX_ERR_WRONG_ROOM_KEYS_VERSION, extra,
-                            "writes go to the current backup version, which is %s", current);
-    } else {
-        mx_call_respond(call, 200, mx_call_strdup(call, text, strlen(text)), strlen(text));
-    }
-    json_decref(v);
-}

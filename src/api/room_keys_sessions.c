@@ -10,11 +10,15 @@
 
 /* ---- PUT ------------------------------------------------------------------------------------------------------- */
 
-static void on_put(mx_call_t *call, PGresult **results, size_t n)
+/* Writes and deletes answer the {"etag","count"} text their SQL function returns. A write to a version that is not
+ * the current one is an error raised in SQL (403 M_WRONG_ROOM_KEYS_VERSION carrying current_version), answered by
+ * mx_call_results_ok like every other client error. */
+static void on_written(mx_call_t *call, PGresult **results, size_t n)
 {
     if (!mx_call_results_ok(call, results, n))
         return;
-    mx_backup_respond_write(call, results[0]);
+    size_t len = (size_t)PQgetlength(results[0], 0, 0);
+    mx_call_respond(call, 200, mx_call_strdup(call, PQgetvalue(results[0], 0, 0), len), len);
 }
 
 /* Checks a {"sessions": {...}} room object; returns the number of sessions or -1 (answered). */
@@ -115,7 +119,7 @@ void mx_api_backup_keys_put(mx_call_t *call)
     const char *body = raw ? mx_call_strdup(call, call->req->entity.base, call->req->entity.len) : NULL;
     const char *params[3] = {call->user_id, vtext, raw ? body : text};
     mx_db_stmt_t stmt = {.id = raw ? MX_STMT_BACKUP_PUT_BODY : MX_STMT_BACKUP_PUT, .nparams = 3, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_put); /* parameters are copied during the submit */
+    (void)mx_call_db(call, &stmt, 1, on_written); /* parameters are copied during the submit */
     free(text);
 done:
     json_decref(rooms);
@@ -133,7 +137,7 @@ void mx_api_backup_keys_delete(mx_call_t *call)
     const char *params[4] = {call->user_id, vtext, call->nparams > 0 ? call->params[0] : NULL,
                              call->nparams > 1 ? call->params[1] : NULL};
     mx_db_stmt_t stmt = {.id = MX_STMT_BACKUP_DELETE_SESSIONS, .nparams = 4, .values = params};
-    (void)mx_call_db(call, &stmt, 1, on_put);
+    (void)mx_call_db(call, &stmt, 1, on_written);
 }
 
 /* ---- GET ------------------------------------------------------------------------------------------------------- */

@@ -237,18 +237,38 @@ bool mx_call_results_ok(mx_call_t *call, PGresult **results, size_t nresults)
     return true;
 }
 
+/* The extra members of a client error raised in SQL: DETAIL's text after "<status> <errcode>", empty or one JSON
+ * object (mx_client_error in sql/functions/common.sql). Returns them compact and without braces, ready for
+ * mx_call_error_extra ("" when there are none), or NULL when the text is not an object. */
+static const char *sql_error_extra(mx_call_t *call, const char *rest)
+{
+    rest += strspn(rest, " ");
+    if (*rest == '\0')
+        return "";
+    json_t *obj = json_loads(rest, 0, NULL);
+    char *text = json_is_object(obj) ? json_dumps(obj, JSON_COMPACT) : NULL;
+    json_decref(obj);
+    if (text == NULL)
+        return NULL;
+    size_t len = strlen(text); /* "{...}": at least the two braces */
+    const char *members = mx_call_strdup(call, text + 1, len - 2);
+    free(text);
+    return members;
+}
+
 void mx_call_db_error(mx_call_t *call, const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
     if (state != NULL && strcmp(state, MX_SQLSTATE_CLIENT_ERROR) == 0) {
         const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-        int status = 0;
+        int status = 0, used = 0;
         char errcode[64] = "";
-        if (detail != NULL && sscanf(detail, "%d %63s", &status, errcode) == 2) {
+        if (detail != NULL && sscanf(detail, "%d %63s%n", &status, errcode, &used) == 2) {
             int err = mx_err_lookup(errcode, status);
-            if (err >= 0) {
-                mx_call_error(call, (mx_err_t)err, "%s", msg ? msg : "");
+            const char *extra = err >= 0 ? sql_error_extra(call, detail + used) : NULL;
+            if (extra != NULL) {
+                mx_call_error_extra(call, (mx_err_t)err, extra, "%s", msg ? msg : "");
                 return;
             }
         }

@@ -78,7 +78,7 @@ int imp_check_signature(const json_t *signed_obj, const char *signer, const char
 
 typedef struct st_imp_sink_t imp_sink_t;
 struct st_imp_sink_t {
-    /** doc: see mx_import_begin in sql/008_import_synapse.sql. Returns 0, or -1 (user failed, reason in err). */
+    /** doc: see mx_import_begin in sql/functions/import.sql. Returns 0, or -1 (user failed, reason in err). */
     int (*begin)(imp_sink_t *s, const char *user, const json_t *doc, char *err, size_t errlen);
     /** rows: JSON array text, see mx_import_otks / mx_import_sessions. */
     int (*otks)(imp_sink_t *s, const char *user, const mx_buf_t *rows, char *err, size_t errlen);

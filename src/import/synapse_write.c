@@ -1,4 +1,4 @@
-/* The writer: one transaction per user in mxkeys, through the functions of sql/009_import_synapse.sql (begin, chunks
+/* The writer: one transaction per user in mxkeys, through the functions of sql/functions/import.sql (begin, chunks
  * of one-time keys and sessions, finish). A dry run does all of it and rolls each user back, so its counts are
  * exactly what a real run would write. */
 #include <stdlib.h>
