@@ -19,6 +19,7 @@
  * not enforced in non-blocking mode, hence our own. */
 #include "mxkeys/db.h"
 #define H2O_USE_LIBUV 0
+#include <assert.h>
 #include <fcntl.h>
 #include <h2o.h>
 #include <stdio.h>
@@ -116,6 +117,7 @@ static void job_finish(conn_t *c, mx_db_job_t *job, mx_db_status_t status)
 {
     mx_db_pool_t *pool = c->pool;
     if (job->cb != NULL) {
+        assert(pool->inflight > 0);
         RELAXED_ADD(pool->inflight, -1);
         if (status == MX_DB_OK)
             RELAXED_ADD(pool->completed, 1);
@@ -454,6 +456,7 @@ static int read_results(conn_t *c)
         if (is_prepare) {
             job_release(c->pool, job);
         } else {
+            assert(c->inflight > 0);
             c->inflight--;
             job_finish(c, job, MX_DB_OK);
         }

@@ -1,5 +1,6 @@
 /* Sending responses: JSON with Content-Type and Content-Length, CORS headers on everything, Matrix error objects,
  * and one access-log line plus metrics per answered request. */
+#include <assert.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -65,6 +66,7 @@ static void add_cors(h2o_req_t *req)
 static void send_body(h2o_req_t *req, int status, const char *content_type, size_t ctlen, const char *body, size_t len)
 {
     static h2o_generator_t generator = {NULL, NULL};
+    assert(req->res.status == 0 && "a request is answered once");
     req->res.status = status;
     req->res.reason = reason_phrase(status);
     add_cors(req);
@@ -223,6 +225,7 @@ void mx_call_stream_start(mx_call_t *call, int status, h2o_generator_t *generato
 {
     h2o_req_t *req = call->req;
     /* Counted when the stream ends (final chunk or abort), so the duration covers the whole body. */
+    assert(req->res.status == 0 && "a request is answered once");
     call->_status = status;
     call->_streaming = true;
     req->res.status = status;
@@ -291,8 +294,7 @@ static void on_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs
         if (n == 0)
             snprintf(msg, sizeof(msg), "%s", reason_phrase(status));
     }
-    mx_buf_t *buf = h2o_mem_alloc_shared(&req->pool, sizeof(*buf), on_req_buf_dispose);
-    *buf = (mx_buf_t)MX_BUF_INIT;
+    mx_buf_t *buf = req_buf(req);
     build_error(buf, status == 413 ? mx_err_code(MX_ERR_TOO_LARGE) : "M_UNKNOWN", NULL, msg);
     ssize_t ct = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
     if (ct >= 0)
