@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "mxkeys/db_sync.h"
 #include "mxkeys/log.h"
 
 typedef enum en_conn_state_t { CONN_DOWN, CONN_CONNECTING, CONN_READY } conn_state_t;
@@ -54,6 +55,7 @@ typedef struct st_conn_t {
     unsigned inflight;
     unsigned backoff_step;
     bool timed_out;      /* the last attempt or job ran out of time: retry at once, time itself spaced the tries */
+    bool on_standby;     /* a statement failed with read_only_sql_transaction: this server is (now) a standby */
     uint64_t connect_at; /* loop milliseconds when the current connect attempt started */
     h2o_timeout_entry_t retry;
 } conn_t;
@@ -290,24 +292,22 @@ static void conn_connect(conn_t *c)
 {
     mx_db_pool_t *pool = c->pool;
     c->state = CONN_CONNECTING;
+    c->on_standby = false;
     c->connect_at = h2o_now(pool->loop);
     /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity.
      * Keywords before dbname are defaults the conninfo overrides (libpq takes the last value of a keyword). TCP
      * keepalives find a dead peer on an idle connection; tcp_user_timeout bounds how long sent bytes may stay
-     * unacknowledged (a black-holed network); both are ignored on unix sockets. */
+     * unacknowledged (a black-holed network); both are ignored on unix sockets. target_session_attrs=read-write: with
+     * several hosts (`host=a,b`) libpq tries each in turn and keeps only a writable one, so after a failover the next
+     * attempt finds the promoted standby by itself instead of settling on a read-only server. */
     char connect_s[16], user_ms[16];
     snprintf(connect_s, sizeof(connect_s), "%u", pool->timeout_ms < 2000 ? 2 : (pool->timeout_ms + 999) / 1000);
     snprintf(user_ms, sizeof(user_ms), "%u", pool->timeout_ms);
-    const char *const keys[] = {"connect_timeout",
-                                "keepalives",
-                                "keepalives_idle",
-                                "keepalives_interval",
-                                "keepalives_count",
-                                "tcp_user_timeout",
-                                "dbname",
-                                "fallback_application_name",
-                                NULL};
-    const char *const values[] = {connect_s, "1", "10", "3", "3", user_ms, pool->conninfo, "mxkeysd", NULL};
+    const char *const keys[] = {
+        "connect_timeout",  "keepalives",           "keepalives_idle", "keepalives_interval",       "keepalives_count",
+        "tcp_user_timeout", "target_session_attrs", "dbname",          "fallback_application_name", NULL};
+    const char *const values[] = {connect_s,      "1",       "10", "3", "3", user_ms, mx_db_writable_default(),
+                                  pool->conninfo, "mxkeysd", NULL};
     c->pg = PQconnectStartParams(keys, values, 1);
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -436,6 +436,9 @@ static int read_results(conn_t *c)
             } else {
                 job->results[job->cur] = r;
                 job->got_result = true;
+                const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                if (state != NULL && strcmp(state, "25006") == 0)
+                    c->on_standby = true;
             }
             continue;
         }
@@ -475,6 +478,12 @@ static void on_readable(h2o_socket_t *sock, const char *err)
     int r = read_results(c);
     if (r == 1)
         return;
+    if (r == 0 && c->on_standby) {
+        /* Only a conninfo that asks for it (target_session_attrs=any) lands on a standby: writes cannot succeed
+         * here, so look again for the primary (its job was answered 503, those behind it are failed the same way). */
+        conn_fail(c, "the server is read-only (a standby): looking for the primary");
+        return;
+    }
     if (r != 0 || PQstatus(c->pg) == CONNECTION_BAD || conn_flush(c) != 0)
         conn_fail(c, PQerrorMessage(c->pg));
 }
