@@ -1,5 +1,6 @@
 """PostgreSQL failover under write load: a primary and a synchronous streaming standby of this test's own, mxkeysd
-given both hosts in one libpq URI (no target_session_attrs: mxkeysd asks for a writable server itself). Uploads of
+given both hosts in one libpq URI, the standby first (no target_session_attrs: mxkeysd asks for a writable server
+itself, from its start-up migrations on). Uploads of
 one-time keys, claims of them by other users and backup writes run in several threads; the primary's postmaster is
 killed with SIGKILL and the standby promoted. Then: every answer was 200 or 503 M_UNKNOWN with retry_after_ms, none
 took longer than the deadline, 503s only from the kill until service came back (a bound measured and printed), every
