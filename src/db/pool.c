@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "mxkeys/db_hosts.h"
 #include "mxkeys/db_sync.h"
 #include "mxkeys/log.h"
 
@@ -57,6 +58,7 @@ typedef struct st_conn_t {
     bool timed_out;      /* the last attempt or job ran out of time: retry at once, time itself spaced the tries */
     bool on_standby;     /* a statement failed with read_only_sql_transaction: this server is (now) a standby */
     uint64_t connect_at; /* loop milliseconds when the current connect attempt started */
+    size_t first_host;   /* multi-host conninfo: where the next attempt starts (past a host that stayed silent) */
     h2o_timeout_entry_t retry;
 } conn_t;
 
@@ -67,6 +69,7 @@ static const uint64_t backoff_ms[] = {100, 250, 500, 1000, 2000, 4000};
 struct st_mx_db_pool_t {
     h2o_evloop_t *loop;
     char *conninfo;
+    mx_db_hosts_t *hosts; /* NULL unless the conninfo names several hosts */
     conn_t *conns;
     unsigned nconns;
     unsigned queue_depth;
@@ -308,7 +311,15 @@ static void conn_connect(conn_t *c)
         "tcp_user_timeout", "target_session_attrs", "dbname",          "fallback_application_name", NULL};
     const char *const values[] = {connect_s,      "1",       "10", "3", "3", user_ms, mx_db_writable_default(),
                                   pool->conninfo, "mxkeysd", NULL};
-    c->pg = PQconnectStartParams(keys, values, 1);
+    if (pool->hosts != NULL) {
+        /* the same defaults without dbname: the parsed conninfo follows them */
+        const char *const dkeys[] = {keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[8], NULL};
+        const char *const dvalues[] = {values[0], values[1], values[2], values[3], values[4],
+                                       values[5], values[6], values[8], NULL};
+        c->pg = mx_db_hosts_connect_start(pool->hosts, c->first_host, dkeys, dvalues);
+    } else {
+        c->pg = PQconnectStartParams(keys, values, 1);
+    }
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
@@ -372,6 +383,18 @@ static bool answer_expired(conn_t *c, uint64_t now)
     return n > 0;
 }
 
+/* A connection (or attempt) that timed out: its next attempt starts with the host after the one that stayed silent,
+ * since libpq would try that one first again and never reach a promoted standby listed after it. */
+static void skip_silent_host(conn_t *c)
+{
+    mx_db_hosts_t *hosts = c->pool->hosts;
+    if (hosts == NULL)
+        return;
+    int at = mx_db_hosts_current(hosts, c->pg);
+    size_t from = at >= 0 ? (size_t)at : c->first_host;
+    c->first_host = (from + 1) % mx_db_hosts_count(hosts);
+}
+
 static void on_sweep(h2o_timeout_entry_t *entry)
 {
     mx_db_pool_t *pool = H2O_STRUCT_FROM_MEMBER(mx_db_pool_t, sweep, entry);
@@ -380,6 +403,7 @@ static void on_sweep(h2o_timeout_entry_t *entry)
         conn_t *c = &pool->conns[i];
         if (c->state == CONN_CONNECTING && now - c->connect_at >= pool->timeout_ms) {
             c->timed_out = true;
+            skip_silent_host(c);
             conn_fail(c, "connect attempt timed out");
             continue;
         }
@@ -388,6 +412,7 @@ static void on_sweep(h2o_timeout_entry_t *entry)
         if (c->head != NULL && now - c->head->sent_at >= pool->timeout_ms) {
             mx_warn("db: connection %u: no answer within %u ms; reconnecting", c->index, pool->timeout_ms);
             c->timed_out = true;
+            skip_silent_host(c);
             conn_fail_status(c, "timed out", MX_DB_TIMEOUT);
             continue;
         }
@@ -514,6 +539,7 @@ mx_db_pool_t *mx_db_pool_new(h2o_evloop_t *loop, const char *conninfo, unsigned 
         return NULL;
     pool->loop = loop;
     pool->conninfo = strdup(conninfo);
+    pool->hosts = mx_db_hosts_new(conninfo);
     pool->nconns = nconn ? nconn : 1;
     pool->queue_depth = queue_depth ? queue_depth : 1;
     pool->conns = calloc(pool->nconns, sizeof(conn_t));
@@ -565,6 +591,7 @@ void mx_db_pool_free(mx_db_pool_t *pool)
     }
     free(pool->conns);
     free(pool->conninfo);
+    mx_db_hosts_free(pool->hosts);
     free(pool);
 }
 

@@ -62,9 +62,11 @@ PGconn *mx_db_connect_blocking(const char *conninfo, mx_db_target_t target, unsi
      * fallback_application_name names us in pg_stat_activity unless the operator chose a name. With several hosts
      * (`host=a,b`), libpq tries them in order; read-write makes it skip standbys, so migrations and the CLI's writes
      * reach the primary, wherever it is now. */
-    const char *const keys[] = {"target_session_attrs", "dbname", "fallback_application_name", NULL};
-    /* A NULL value leaves the keyword out: MX_DB_ANY keeps libpq's own default. */
-    const char *const values[] = {target == MX_DB_WRITABLE ? mx_db_writable_default() : NULL, conninfo, "mxkeysd",
+    /* connect_timeout: a blocking connect enforces it per host and then tries the next one, so a frozen first host of
+     * a multi-host conninfo cannot hold start-up for good. A NULL value leaves the keyword out: MX_DB_ANY keeps
+     * libpq's own default. */
+    const char *const keys[] = {"connect_timeout", "target_session_attrs", "dbname", "fallback_application_name", NULL};
+    const char *const values[] = {"10", target == MX_DB_WRITABLE ? mx_db_writable_default() : NULL, conninfo, "mxkeysd",
                                   NULL};
     long long deadline = now_ms() + wait_ms;
     for (;;) {

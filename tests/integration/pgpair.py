@@ -5,7 +5,7 @@ write the primary acknowledged. Both listen on 127.0.0.1 at free ports, data and
 
   pair = Pair()        primary started, standby made with pg_basebackup -R and streaming, replication synchronous
   pair.primary, pair.standby   conftest.Postgres-like: .port .data .psql(sql) .running()
-  pair.multi_host_url()        a libpq URI naming both servers, the standby first
+  pair.multi_host_url(standby_first)   a libpq URI naming both servers
   pair.kill_primary()          SIGKILL to the primary's postmaster (pid from postmaster.pid); its orphaned children
                                are reaped by pid in destroy()
   pair.promote()               pg_ctl promote -w on the standby
@@ -80,10 +80,12 @@ class Pair:
             self.destroy()
             raise
 
-    def multi_host_url(self):
+    def multi_host_url(self, standby_first):
         # The standby first: a client must pass over it (read-only) to the primary from the start, and after the
-        # promotion it is the first host that answers.
-        return (f"postgresql://mxkeys@127.0.0.1:{self.standby.port},127.0.0.1:{self.primary.port}/mxkeys"
+        # promotion it is the first host that answers. The primary first: a client must give up on it when it stops
+        # answering and go on to the next host.
+        hosts = [self.standby.port, self.primary.port] if standby_first else [self.primary.port, self.standby.port]
+        return (f"postgresql://mxkeys@127.0.0.1:{hosts[0]},127.0.0.1:{hosts[1]}/mxkeys"
                 "?application_name=mxkeysd-failover-test")
 
     def kill_primary(self):

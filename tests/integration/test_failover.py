@@ -1,10 +1,13 @@
 """PostgreSQL failover under write load: a primary and a synchronous streaming standby of this test's own, mxkeysd
-given both hosts in one libpq URI, the standby first (no target_session_attrs: mxkeysd asks for a writable server
-itself, from its start-up migrations on). Uploads of
-one-time keys, claims of them by other users and backup writes run in several threads; the primary's postmaster is
-killed with SIGKILL and the standby promoted. Then: every answer was 200 or 503 M_UNKNOWN with retry_after_ms, none
-took longer than the deadline, 503s only from the kill until service came back (a bound measured and printed), every
-acknowledged write is on the promoted server, and no one-time key was handed out twice."""
+given both hosts in one libpq URI (no target_session_attrs: mxkeysd asks for a writable server itself, from its
+start-up migrations on). Uploads of one-time keys, claims of them by other users and backup writes run in several
+threads; then the primary goes away and the standby is promoted. Two ways of going away:
+  - killed: its postmaster gets SIGKILL (connections refused from then on); the standby is listed first;
+  - frozen: every process of it stopped (SIGSTOP, a hung machine: nothing refused, nothing answered); it is listed
+    first, so mxkeysd must give up on it and go on to the next host itself.
+Then: every answer was 200 or 503 M_UNKNOWN with retry_after_ms, none took longer than the deadline, 503s only from
+the fault until service came back (a bound measured and printed), every acknowledged write is on the promoted
+server, and no one-time key was handed out twice."""
 import secrets
 import threading
 import time
@@ -13,6 +16,7 @@ import olm
 import pytest
 import requests
 from olmkeys import Device
+from pgfaults import Stopped
 from pgpair import Pair
 
 CLIENT = "/_matrix/client/v3"
@@ -20,9 +24,9 @@ ALG = "m.megolm_backup.v1.curve25519-aes-sha2"
 TIMEOUT_MS = 1000
 SLACK_S = 2.0  # sweep granularity, scheduling on a busy 2-core machine, sanitizer builds
 BACK_BOUND_S = 30  # generous: the figure is printed; a few hundred milliseconds are expected
-LOAD_BEFORE_S = 1.5
-DOWN_S = 1.0  # between the kill and the promotion, as an HA manager takes a moment to decide
-LOAD_AFTER_S = 1.5
+LOAD_BEFORE_S = 1.0
+DOWN_S = 1.0  # between the fault and the promotion, as an HA manager takes a moment to decide
+LOAD_AFTER_S = 1.0
 UPLOADERS, CLAIMERS, BACKUPS = 3, 3, 2
 MAX_REQUESTS = 3000  # per thread: every loop is bounded in count as well as in time
 OTKS_PER_UPLOAD = 4
@@ -30,7 +34,7 @@ SESSION = {"first_message_index": 0, "forwarded_count": 0, "is_verified": False,
            "session_data": {"ciphertext": "c", "ephemeral": "e", "mac": "m"}}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def pair():
     p = Pair()
     yield p
@@ -54,8 +58,27 @@ class Recorder:
         return status, body
 
 
-def test_failover_to_a_promoted_standby_loses_nothing(start_server, pair):
-    url = pair.multi_host_url()
+def test_failover_after_a_kill_loses_nothing(start_server, pair):
+    run_failover(start_server, pair, pair.multi_host_url(standby_first=True), "killed", kill)
+
+
+def test_failover_from_a_frozen_primary_loses_nothing(start_server, pair):
+    run_failover(start_server, pair, pair.multi_host_url(standby_first=False), "frozen", freeze)
+
+
+def kill(pair, then):
+    pair.kill_primary()
+    then()
+
+
+def freeze(pair, then):
+    # Stopped continues the processes on the way out: by then the postmaster is killed, so they only exit.
+    with Stopped(pair.primary):
+        then()
+        pair.kill_primary()
+
+
+def run_failover(start_server, pair, url, fault_name, fault):
     srv = start_server(database_url=url, db_timeout_ms=TIMEOUT_MS, max_otks_per_device=100000)
 
     def user(tag, i):
@@ -144,34 +167,37 @@ def test_failover_to_a_promoted_standby_loses_nothing(start_server, pair):
                [threading.Thread(target=backup_loop, args=(i,)) for i in range(BACKUPS)])
     for t in threads:
         t.start()
-    try:
-        time.sleep(LOAD_BEFORE_S)
-        t_kill = time.monotonic()
-        pair.kill_primary()
+    times = {}
+
+    def promote_and_wait():
         time.sleep(DOWN_S)
-        t_promote = time.monotonic()
+        times["promote"] = time.monotonic()
         pair.promote()
-        t_promoted = time.monotonic()
-        # back: a write answered 200 that was sent after the promotion, on both workers (fresh connections)
-        t_back = None
-        while t_back is None:
-            assert time.monotonic() - t_promoted < BACK_BOUND_S, "service not back after the promotion"
+        times["promoted"] = time.monotonic()
+        # back: every worker has a connection to the promoted server and it answers (ready on fresh connections)
+        while "back" not in times:
+            assert time.monotonic() - times["promoted"] < BACK_BOUND_S, "service not back after the promotion"
             oks = 0
             for _ in range(4):
                 try:
-                    r = requests.get(srv.url + "/_mxkeys/ready", timeout=5)
-                    oks += r.status_code == 200
+                    oks += requests.get(srv.url + "/_mxkeys/ready", timeout=5).status_code == 200
                 except requests.RequestException:
                     pass
             if oks == 4:
-                t_back = time.monotonic()
+                times["back"] = time.monotonic()
             else:
                 time.sleep(0.01)
+
+    try:
+        time.sleep(LOAD_BEFORE_S)
+        times["fault"] = time.monotonic()
+        fault(pair, promote_and_wait)
         time.sleep(LOAD_AFTER_S)
     finally:
         stop.set()
         for t in threads:
             t.join(timeout=60)
+    t_kill, t_promote, t_promoted, t_back = times["fault"], times["promote"], times["promoted"], times["back"]
     assert srv.proc.poll() is None
     promoted = pair.standby
     assert promoted.psql("SELECT pg_is_in_recovery()") == "f"
@@ -187,7 +213,7 @@ def test_failover_to_a_promoted_standby_loses_nothing(start_server, pair):
     unavailable = [r for r in flat if r[3] == 503]
     assert unavailable, "the kill was never noticed: the test did not test a failover"
     early = [r for r in unavailable if r[0] + r[1] < t_kill]
-    assert not early, f"503 before the primary was killed: {early[:3]}"
+    assert not early, f"503 before the primary was {fault_name}: {early[:3]}"
     late = [r for r in flat if r[0] > t_back + 0.05 and r[3] != 200]
     assert not late, f"failures once service was back: {late[:5]}"
     for kind in ("upload", "claim", "backup"):
@@ -227,10 +253,10 @@ def test_failover_to_a_promoted_standby_loses_nothing(start_server, pair):
     acked = sum(1 for r in flat if r[3] == 200)
     first_503 = min(r[0] for r in unavailable)
     last_503 = max(r[0] + r[1] for r in unavailable)
-    print(f"\nfailover, --db-timeout-ms {TIMEOUT_MS}: {len(flat)} requests, {acked} acknowledged "
+    print(f"\nfailover, primary {fault_name}, --db-timeout-ms {TIMEOUT_MS}: {len(flat)} requests, {acked} acknowledged "
           f"({sum(len(u) for u in uploaded)} one-time keys uploaded, {len(handed)} claimed, "
           f"{sum(len(b) for b in backed_up)} backup sessions), {len(unavailable)} x 503 from "
-          f"{first_503 - t_kill:+.3f}s to {last_503 - t_kill:+.3f}s after the kill; promotion took "
+          f"{first_503 - t_kill:+.3f}s to {last_503 - t_kill:+.3f}s after the fault; promotion took "
           f"{t_promoted - t_promote:.3f}s; ready on 4 fresh connections {t_back - t_promoted:.3f}s after it "
-          f"({t_back - t_kill:.3f}s after the kill); slowest answer {max(r[1] for r in flat):.3f}s; "
+          f"({t_back - t_kill:.3f}s after the fault); slowest answer {max(r[1] for r in flat):.3f}s; "
           f"lost 0, handed out twice 0")
