@@ -306,18 +306,17 @@ static void conn_connect(conn_t *c)
     char connect_s[16], user_ms[16];
     snprintf(connect_s, sizeof(connect_s), "%u", pool->timeout_ms < 2000 ? 2 : (pool->timeout_ms + 999) / 1000);
     snprintf(user_ms, sizeof(user_ms), "%u", pool->timeout_ms);
-    const char *const keys[] = {
-        "connect_timeout",  "keepalives",           "keepalives_idle", "keepalives_interval",       "keepalives_count",
-        "tcp_user_timeout", "target_session_attrs", "dbname",          "fallback_application_name", NULL};
-    const char *const values[] = {connect_s,      "1",       "10", "3", "3", user_ms, mx_db_writable_default(),
-                                  pool->conninfo, "mxkeysd", NULL};
+    enum { NDEFAULTS = 8 };
+    const char *keys[NDEFAULTS + 2] = {
+        "connect_timeout",  "keepalives",       "keepalives_idle",      "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "target_session_attrs", "fallback_application_name"};
+    const char *values[NDEFAULTS + 2] = {connect_s, "1", "10", "3", "3", user_ms, mx_db_writable_default(), "mxkeysd"};
     if (pool->hosts != NULL) {
-        /* the same defaults without dbname: the parsed conninfo follows them */
-        const char *const dkeys[] = {keys[0], keys[1], keys[2], keys[3], keys[4], keys[5], keys[6], keys[8], NULL};
-        const char *const dvalues[] = {values[0], values[1], values[2], values[3], values[4],
-                                       values[5], values[6], values[8], NULL};
-        c->pg = mx_db_hosts_connect_start(pool->hosts, c->first_host, dkeys, dvalues);
+        /* several hosts: the conninfo, parsed once, follows the defaults with its hosts in order from first_host */
+        c->pg = mx_db_hosts_connect_start(pool->hosts, c->first_host, keys, values);
     } else {
+        keys[NDEFAULTS] = "dbname"; /* last: the conninfo it expands to overrides every default */
+        values[NDEFAULTS] = pool->conninfo;
         c->pg = PQconnectStartParams(keys, values, 1);
     }
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
