@@ -7,7 +7,8 @@ threads; then the primary goes away and the standby is promoted. Two ways of goi
     first, so mxkeysd must give up on it and go on to the next host itself.
 Then: every answer was 200 or 503 M_UNKNOWN with retry_after_ms, none took longer than the deadline, 503s only from
 the fault until service came back (a bound measured and printed), every acknowledged write is on the promoted
-server, and no one-time key was handed out twice."""
+server, and no one-time key was handed out twice. A third test takes the standby by hand (target_session_attrs=any):
+its refusals to write are answered 503, never 500, until it is promoted."""
 import secrets
 import threading
 import time
@@ -260,3 +261,39 @@ def run_failover(start_server, pair, url, fault_name, fault):
           f"{t_promoted - t_promote:.3f}s; ready on 4 fresh connections {t_back - t_promoted:.3f}s after it "
           f"({t_back - t_kill:.3f}s after the fault); slowest answer {max(r[1] for r in flat):.3f}s; "
           f"lost 0, handed out twice 0")
+
+
+def test_a_standby_chosen_by_hand_answers_503_until_promoted(start_server, pair):
+    """target_session_attrs=any in the conninfo lets libpq settle on a standby once the primary is gone: writes there
+    fail with read_only_sql_transaction. They are answered 503 M_UNKNOWN (never 500), the connection goes looking for
+    the primary again, and once the standby is promoted writes succeed."""
+    url = (f"host=127.0.0.1,127.0.0.1 port={pair.primary.port},{pair.standby.port} user=mxkeys dbname=mxkeys "
+           "target_session_attrs=any")
+    srv = start_server(database_url=url, db_timeout_ms=TIMEOUT_MS)
+    token = srv.mint(f"@foany_{secrets.token_hex(3)}:localhost", "FOANY")
+    h = {"Authorization": f"Bearer {token}"}
+    r = requests.post(srv.url + CLIENT + "/room_keys/version", headers=h,
+                      json={"algorithm": ALG, "auth_data": {"public_key": olm.PkDecryption().public_key}})
+    assert r.status_code == 200, r.text
+    version = r.json()["version"]
+
+    def write(n):
+        r = requests.put(srv.url + CLIENT + f"/room_keys/keys/!room:localhost/s{n}", params={"version": version},
+                         json=SESSION, headers=h, timeout=15)
+        return r.status_code, r.json()
+
+    assert write(0)[0] == 200
+    pair.primary.stop()  # the standby is now the only server, and read-only
+    answers = [write(n) for n in range(1, 41)]
+    for status, body in answers:
+        assert status == 503 and body["errcode"] == "M_UNKNOWN" and body["retry_after_ms"] > 0, (status, body)
+    assert "looking for the primary" in srv.stderr_text(), "no write ever reached the standby"
+    pair.promote()
+    deadline = time.monotonic() + BACK_BOUND_S
+    n = 100
+    while write(n)[0] != 200:
+        assert time.monotonic() < deadline, "writes never succeeded on the promoted standby"
+        n += 1
+        time.sleep(0.05)
+    r = requests.get(srv.url + CLIENT + "/room_keys/keys", params={"version": version}, headers=h)
+    assert {"s0", f"s{n}"} <= set(r.json()["rooms"]["!room:localhost"]["sessions"])
