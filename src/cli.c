@@ -25,18 +25,20 @@ typedef struct st_cli_db_t {
 
 static int db_open(const mx_config_t *cfg, cli_db_t *db)
 {
-    char err[512], conninfo[4608];
+    char err[512], embedded_conninfo[4608];
+    const char *conninfo = cfg->database_url; /* as given: never truncated */
     db->pg = NULL;
     db->conn = NULL;
-    if (cfg->database_url != NULL) {
-        snprintf(conninfo, sizeof(conninfo), "%s", cfg->database_url);
-    } else if ((db->pg = mx_embedded_pg_start(cfg->state_dir, MX_EMBEDDED_CLIENT, conninfo, sizeof(conninfo), err,
-                                              sizeof(err))) == NULL) {
-        fprintf(stderr, "mxkeysd: embedded database: %s\n", err);
-        return -1;
+    if (conninfo == NULL) {
+        if ((db->pg = mx_embedded_pg_start(cfg->state_dir, MX_EMBEDDED_CLIENT, embedded_conninfo,
+                                           sizeof(embedded_conninfo), err, sizeof(err))) == NULL) {
+            fprintf(stderr, "mxkeysd: embedded database: %s\n", err);
+            return -1;
+        }
+        conninfo = embedded_conninfo;
     }
     unsigned wait_ms = cfg->database_url != NULL ? EXTERNAL_WAIT_MS : EMBEDDED_WAIT_MS;
-    if ((db->conn = mx_db_connect_blocking(conninfo, wait_ms, err, sizeof(err))) == NULL) {
+    if ((db->conn = mx_db_connect_blocking(conninfo, MX_DB_WRITABLE, wait_ms, err, sizeof(err))) == NULL) {
         fprintf(stderr, "mxkeysd: database: %s\n", err);
         goto failed;
     }

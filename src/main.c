@@ -37,7 +37,7 @@ static int install_signals(void)
 static int migrate_database(const char *conninfo)
 {
     char err[512];
-    PGconn *conn = mx_db_connect_blocking(conninfo, 15000, err, sizeof(err));
+    PGconn *conn = mx_db_connect_blocking(conninfo, MX_DB_WRITABLE, 15000, err, sizeof(err));
     if (conn == NULL) {
         mx_error("database: %s", err);
         return -1;
@@ -53,20 +53,23 @@ static int migrate_database(const char *conninfo)
 
 static int serve(const mx_config_t *cfg)
 {
-    char err[512], conninfo[1024];
+    /* The embedded cluster's conninfo is built here; --database-url is used as given (a multi-host conninfo can be
+     * long: never truncate it). */
+    char err[512], embedded_conninfo[1024];
+    const char *conninfo = cfg->database_url;
     if (mx_server_listen(&server, cfg, err, sizeof(err)) != 0) {
         mx_error("%s", err);
         return 1;
     }
     mx_embedded_pg_t *pg = NULL;
     if (cfg->database_url == NULL) {
-        pg = mx_embedded_pg_start(cfg->state_dir, MX_EMBEDDED_OWNER, conninfo, sizeof(conninfo), err, sizeof(err));
+        pg = mx_embedded_pg_start(cfg->state_dir, MX_EMBEDDED_OWNER, embedded_conninfo, sizeof(embedded_conninfo), err,
+                                  sizeof(err));
         if (pg == NULL) {
             mx_error("embedded database: %s", err);
             return 1;
         }
-    } else {
-        snprintf(conninfo, sizeof(conninfo), "%s", cfg->database_url);
+        conninfo = embedded_conninfo;
     }
     int status = 1;
     if (migrate_database(conninfo) == 0 && install_signals() == 0) {

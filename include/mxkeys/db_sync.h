@@ -5,8 +5,18 @@
 #include <libpq-fe.h>
 #include <stddef.h>
 
-/** Connects, retrying for up to `wait_ms` while the server is starting. Returns NULL with a reason in `err`. */
-PGconn *mx_db_connect_blocking(const char *conninfo, unsigned wait_ms, char *err, size_t errlen);
+/* Which server of a multi-host conninfo a connection may land on. */
+typedef enum en_mx_db_target_t {
+    MX_DB_WRITABLE, /* mxkeys' own database: a read-write server only (libpq target_session_attrs=read-write) */
+    MX_DB_ANY,      /* a database mxkeys only reads (Synapse's, for the import): whatever the conninfo says */
+} mx_db_target_t;
+
+/** Connects, retrying for up to `wait_ms` while the server is starting (or, for MX_DB_WRITABLE, while every host is
+ * read-only: a standby being promoted). Returns NULL with a reason in `err`. */
+PGconn *mx_db_connect_blocking(const char *conninfo, mx_db_target_t target, unsigned wait_ms, char *err, size_t errlen);
+/** The default target_session_attrs of a connection to mxkeys' own database: PGTARGETSESSIONATTRS when set (libpq's
+ * own default, kept), else "read-write". The conninfo's own target_session_attrs always wins over it. */
+const char *mx_db_writable_default(void);
 /** Runs one parameterised statement; returns the result (caller clears) or NULL with a reason in `err`. */
 PGresult *mx_db_exec(PGconn *conn, const char *sql, int nparams, const char *const *values, char *err, size_t errlen);
 

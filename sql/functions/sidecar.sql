@@ -21,7 +21,10 @@ DECLARE
 BEGIN
     -- The marker need not survive a crash of the database (it only makes queries wait, and nothing it guards is
     -- stored until the settle, which commits durably): its transaction does not wait for the WAL flush, which
-    -- halves the flushes of an identity write.
+    -- halves the flushes of an identity write. Nor a failover: this commit does not wait for a synchronous standby
+    -- either, but a marker the promoted server lacks is one that expired, and mx_identity_settle refuses to store the
+    -- write then (503; the client sends it again). So no acknowledged write depends on it. It must run in a
+    -- transaction of its own (or with reads only): set_config(..., true) covers the whole transaction.
     PERFORM set_config('synchronous_commit', 'off', true);
     DELETE FROM identity_writes_pending
     WHERE user_id = ANY (p_users) AND expires_at < clock_timestamp() - interval '1 minute';
@@ -56,7 +59,9 @@ BEGIN
     END IF;
 END $$;
 
--- A write the homeserver refused (or that failed): its marker goes, nothing else was written.
+-- A write the homeserver refused (or that failed): its marker goes, nothing else was written. A lost end (a crash, a
+-- failover) leaves a marker that makes queries wait until it expires. Never with other writes in one transaction
+-- (they would commit asynchronously too): a removal retried after its first try drops its marker with IDENTITY_DROP.
 CREATE OR REPLACE FUNCTION mx_identity_end(p_write bigint) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN

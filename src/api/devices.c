@@ -101,8 +101,8 @@ static void remove_keys(mx_call_t *call)
     else
         stmts[n++] = (mx_db_stmt_t){.id = MX_STMT_DEVICES_REMOVE, .nparams = 2, .values = user};
     stmts[n++] = (mx_db_stmt_t){.id = MX_STMT_DEVICES_REVOKE_TOKENS, .nparams = 2, .values = user};
-    if (r->tries > 0)
-        stmts[n++] = (mx_db_stmt_t){.id = MX_STMT_IDENTITY_END, .nparams = 1, .values = write};
+    if (r->tries > 0) /* not IDENTITY_END: its asynchronous commit would cover the removal too */
+        stmts[n++] = (mx_db_stmt_t){.id = MX_STMT_IDENTITY_DROP, .nparams = 1, .values = write};
     if (mx_call_db_quiet(call, stmts, n, on_removed) != 0)
         on_removed(call, NULL, 0);
 }

@@ -537,7 +537,7 @@ static int ensure_database(const mx_embedded_pg_t *pg, unsigned wait_ms, char *e
 {
     char conninfo[PATH_MAX + 128], why[512];
     conninfo_for(pg, "postgres", conninfo, sizeof(conninfo));
-    PGconn *conn = mx_db_connect_blocking(conninfo, wait_ms, why, sizeof(why));
+    PGconn *conn = mx_db_connect_blocking(conninfo, MX_DB_WRITABLE, wait_ms, why, sizeof(why));
     if (conn == NULL)
         return mx_fail(err, errlen, "cannot connect to the embedded cluster: %s", why);
     PGresult *res =

@@ -26,6 +26,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include "mxkeys/db_hosts.h"
+#include "mxkeys/db_sync.h"
 #include "mxkeys/log.h"
 
 typedef enum en_conn_state_t { CONN_DOWN, CONN_CONNECTING, CONN_READY } conn_state_t;
@@ -55,7 +57,9 @@ typedef struct st_conn_t {
     unsigned inflight;
     unsigned backoff_step;
     bool timed_out;      /* the last attempt or job ran out of time: retry at once, time itself spaced the tries */
+    bool on_standby;     /* a statement failed with read_only_sql_transaction: this server is (now) a standby */
     uint64_t connect_at; /* loop milliseconds when the current connect attempt started */
+    size_t first_host;   /* multi-host conninfo: where the next attempt starts (past a host that stayed silent) */
     h2o_timeout_entry_t retry;
 } conn_t;
 
@@ -66,6 +70,7 @@ static const uint64_t backoff_ms[] = {100, 250, 500, 1000, 2000, 4000};
 struct st_mx_db_pool_t {
     h2o_evloop_t *loop;
     char *conninfo;
+    mx_db_hosts_t *hosts; /* NULL unless the conninfo names several hosts */
     conn_t *conns;
     unsigned nconns;
     unsigned queue_depth;
@@ -292,25 +297,30 @@ static void conn_connect(conn_t *c)
 {
     mx_db_pool_t *pool = c->pool;
     c->state = CONN_CONNECTING;
+    c->on_standby = false;
     c->connect_at = h2o_now(pool->loop);
     /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity.
      * Keywords before dbname are defaults the conninfo overrides (libpq takes the last value of a keyword). TCP
      * keepalives find a dead peer on an idle connection; tcp_user_timeout bounds how long sent bytes may stay
-     * unacknowledged (a black-holed network); both are ignored on unix sockets. */
+     * unacknowledged (a black-holed network); both are ignored on unix sockets. target_session_attrs=read-write: with
+     * several hosts (`host=a,b`) libpq tries each in turn and keeps only a writable one, so after a failover the next
+     * attempt finds the promoted standby by itself instead of settling on a read-only server. */
     char connect_s[16], user_ms[16];
     snprintf(connect_s, sizeof(connect_s), "%u", pool->timeout_ms < 2000 ? 2 : (pool->timeout_ms + 999) / 1000);
     snprintf(user_ms, sizeof(user_ms), "%u", pool->timeout_ms);
-    const char *const keys[] = {"connect_timeout",
-                                "keepalives",
-                                "keepalives_idle",
-                                "keepalives_interval",
-                                "keepalives_count",
-                                "tcp_user_timeout",
-                                "dbname",
-                                "fallback_application_name",
-                                NULL};
-    const char *const values[] = {connect_s, "1", "10", "3", "3", user_ms, pool->conninfo, "mxkeysd", NULL};
-    c->pg = PQconnectStartParams(keys, values, 1);
+    enum { NDEFAULTS = 8 };
+    const char *keys[NDEFAULTS + 2] = {
+        "connect_timeout",  "keepalives",       "keepalives_idle",      "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "target_session_attrs", "fallback_application_name"};
+    const char *values[NDEFAULTS + 2] = {connect_s, "1", "10", "3", "3", user_ms, mx_db_writable_default(), "mxkeysd"};
+    if (pool->hosts != NULL) {
+        /* several hosts: the conninfo, parsed once, follows the defaults with its hosts in order from first_host */
+        c->pg = mx_db_hosts_connect_start(pool->hosts, c->first_host, keys, values);
+    } else {
+        keys[NDEFAULTS] = "dbname"; /* last: the conninfo it expands to overrides every default */
+        values[NDEFAULTS] = pool->conninfo;
+        c->pg = PQconnectStartParams(keys, values, 1);
+    }
     if (c->pg == NULL || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_fail(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
@@ -374,6 +384,18 @@ static bool answer_expired(conn_t *c, uint64_t now)
     return n > 0;
 }
 
+/* A connection (or attempt) that timed out: its next attempt starts with the host after the one that stayed silent,
+ * since libpq would try that one first again and never reach a promoted standby listed after it. */
+static void skip_silent_host(conn_t *c)
+{
+    mx_db_hosts_t *hosts = c->pool->hosts;
+    if (hosts == NULL)
+        return;
+    int at = mx_db_hosts_current(hosts, c->pg);
+    size_t from = at >= 0 ? (size_t)at : c->first_host;
+    c->first_host = (from + 1) % mx_db_hosts_count(hosts);
+}
+
 static void on_sweep(h2o_timeout_entry_t *entry)
 {
     mx_db_pool_t *pool = H2O_STRUCT_FROM_MEMBER(mx_db_pool_t, sweep, entry);
@@ -382,6 +404,7 @@ static void on_sweep(h2o_timeout_entry_t *entry)
         conn_t *c = &pool->conns[i];
         if (c->state == CONN_CONNECTING && now - c->connect_at >= pool->timeout_ms) {
             c->timed_out = true;
+            skip_silent_host(c);
             conn_fail(c, "connect attempt timed out");
             continue;
         }
@@ -390,6 +413,7 @@ static void on_sweep(h2o_timeout_entry_t *entry)
         if (c->head != NULL && now - c->head->sent_at >= pool->timeout_ms) {
             mx_warn("db: connection %u: no answer within %u ms; reconnecting", c->index, pool->timeout_ms);
             c->timed_out = true;
+            skip_silent_host(c);
             conn_fail_status(c, "timed out", MX_DB_TIMEOUT);
             continue;
         }
@@ -438,6 +462,9 @@ static int read_results(conn_t *c)
             } else {
                 job->results[job->cur] = r;
                 job->got_result = true;
+                const char *state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                if (state != NULL && strcmp(state, "25006") == 0)
+                    c->on_standby = true;
             }
             continue;
         }
@@ -478,6 +505,12 @@ static void on_readable(h2o_socket_t *sock, const char *err)
     int r = read_results(c);
     if (r == 1)
         return;
+    if (r == 0 && c->on_standby) {
+        /* Only a conninfo that asks for it (target_session_attrs=any) lands on a standby: writes cannot succeed
+         * here, so look again for the primary (its job was answered 503, those behind it are failed the same way). */
+        conn_fail(c, "the server is read-only (a standby): looking for the primary");
+        return;
+    }
     if (r != 0 || PQstatus(c->pg) == CONNECTION_BAD || conn_flush(c) != 0)
         conn_fail(c, PQerrorMessage(c->pg));
 }
@@ -508,6 +541,7 @@ mx_db_pool_t *mx_db_pool_new(h2o_evloop_t *loop, const char *conninfo, unsigned 
         return NULL;
     pool->loop = loop;
     pool->conninfo = strdup(conninfo);
+    pool->hosts = mx_db_hosts_new(conninfo);
     pool->nconns = nconn ? nconn : 1;
     pool->queue_depth = queue_depth ? queue_depth : 1;
     pool->conns = calloc(pool->nconns, sizeof(conn_t));
@@ -559,6 +593,7 @@ void mx_db_pool_free(mx_db_pool_t *pool)
     }
     free(pool->conns);
     free(pool->conninfo);
+    mx_db_hosts_free(pool->hosts);
     free(pool);
 }
 

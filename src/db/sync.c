@@ -2,6 +2,7 @@
  * through the asynchronous pool. */
 #include "mxkeys/db_sync.h"
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 #include "mxkeys/log.h"
@@ -32,8 +33,10 @@ static void on_notice(void *arg, const char *message)
 static int is_transient(const char *msg)
 {
     static const char *const transient[] = {
-        "starting up",       "Connection refused", "No such file or directory", "Is the server running",
-        "not yet accepting", "shutting down",      "timeout expired",           "recovery"};
+        "starting up", "Connection refused", "No such file or directory", "Is the server running", "not yet accepting",
+        "shutting down", "timeout expired", "recovery",
+        /* target_session_attrs=read-write found only standbys: a promotion may be under way */
+        "session is read-only"};
     for (size_t i = 0; i < sizeof(transient) / sizeof(transient[0]); i++)
         if (strstr(msg, transient[i]) != NULL)
             return 1;
@@ -47,12 +50,24 @@ static long long now_ms(void)
     return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-PGconn *mx_db_connect_blocking(const char *conninfo, unsigned wait_ms, char *err, size_t errlen)
+const char *mx_db_writable_default(void)
 {
-    /* expand_dbname lets `conninfo` be a keyword string or a URI; fallback_application_name names us in
-     * pg_stat_activity unless the operator chose a name. */
-    const char *const keys[] = {"dbname", "fallback_application_name", NULL};
-    const char *const values[] = {conninfo, "mxkeysd", NULL};
+    const char *env = getenv("PGTARGETSESSIONATTRS");
+    return env != NULL && *env != '\0' ? env : "read-write";
+}
+
+PGconn *mx_db_connect_blocking(const char *conninfo, mx_db_target_t target, unsigned wait_ms, char *err, size_t errlen)
+{
+    /* expand_dbname lets `conninfo` be a keyword string or a URI; keywords before dbname are defaults it overrides.
+     * fallback_application_name names us in pg_stat_activity unless the operator chose a name. With several hosts
+     * (`host=a,b`), libpq tries them in order; read-write makes it skip standbys, so migrations and the CLI's writes
+     * reach the primary, wherever it is now. */
+    /* connect_timeout: a blocking connect enforces it per host and then tries the next one, so a frozen first host of
+     * a multi-host conninfo cannot hold start-up for good. A NULL value leaves the keyword out: MX_DB_ANY keeps
+     * libpq's own default. */
+    const char *const keys[] = {"connect_timeout", "target_session_attrs", "dbname", "fallback_application_name", NULL};
+    const char *const values[] = {"10", target == MX_DB_WRITABLE ? mx_db_writable_default() : NULL, conninfo, "mxkeysd",
+                                  NULL};
     long long deadline = now_ms() + wait_ms;
     for (;;) {
         PGconn *conn = PQconnectdbParams(keys, values, 1);

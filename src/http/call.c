@@ -256,6 +256,15 @@ static const char *sql_error_extra(mx_call_t *call, const char *rest)
     return members;
 }
 
+/* Errors of a server that is going away or not (yet) the primary, rather than of the request: a standby's refusal to
+ * write (25006, a conninfo with target_session_attrs=any), a shutdown or crash in progress (57P01-57P03), a lost
+ * connection (class 08). Each comes with a Sync, so the transaction was rolled back: nothing was applied. */
+static bool is_server_switching(const char *state)
+{
+    return strcmp(state, "25006") == 0 || strcmp(state, "57P01") == 0 || strcmp(state, "57P02") == 0 ||
+           strcmp(state, "57P03") == 0 || strncmp(state, "08", 2) == 0;
+}
+
 void mx_call_db_error(mx_call_t *call, const PGresult *res)
 {
     const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
@@ -276,6 +285,10 @@ void mx_call_db_error(mx_call_t *call, const PGresult *res)
     } else if (state != NULL && (strcmp(state, "40001") == 0 || strcmp(state, "40P01") == 0)) {
         mx_call_error_extra(call, MX_ERR_LIMIT_EXCEEDED, "\"retry_after_ms\":50",
                             "concurrent update conflict; retry the request");
+        return;
+    } else if (state != NULL && is_server_switching(state)) {
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER,
+                            "the database is switching servers; the request was not applied: retry it");
         return;
     } else {
         /* Only the SQLSTATE and primary message: details can quote row values, i.e. key material. */

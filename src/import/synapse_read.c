@@ -118,7 +118,7 @@ imp_reader_t *imp_reader_open(const char *conninfo, const mx_import_opts_t *opts
     rd->opts = opts;
     rd->strict = strict;
     rd->report = report;
-    if ((rd->conn = mx_db_connect_blocking(conninfo, 10000, err, errlen)) == NULL)
+    if ((rd->conn = mx_db_connect_blocking(conninfo, MX_DB_ANY, 10000, err, errlen)) == NULL)
         goto failed;
     if ((res = exec(rd, "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY", err, errlen)) == NULL)
         goto failed;
