@@ -2,6 +2,7 @@
 #include "mxkeys/api.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/server.h"
+#include <string.h>
 
 /* The readiness probe's deadline (or --db-timeout-ms when shorter). */
 #define MX_READY_TIMEOUT_MS 1000
@@ -15,10 +16,13 @@ void mx_api_health(mx_call_t *call)
 static void on_ping(mx_call_t *call, PGresult **results, size_t n)
 {
     static const char ok[] = "{\"status\":\"ready\"}";
-    if (n == 1 && mx_db_result_ok(results[0]))
-        mx_call_respond(call, 200, ok, sizeof(ok) - 1);
-    else
+    if (n != 1 || !mx_db_result_ok(results[0]) || PQntuples(results[0]) != 1)
         mx_call_error(call, MX_ERR_UNAVAILABLE, "the database did not answer");
+    else if (strcmp(PQgetvalue(results[0], 0, 0), "f") != 0)
+        mx_call_error_extra(call, MX_ERR_UNAVAILABLE, "\"retry_after_ms\":1000",
+                            "the database is a standby (read-only): writes would fail");
+    else
+        mx_call_respond(call, 200, ok, sizeof(ok) - 1);
 }
 
 void mx_api_ready(mx_call_t *call)

@@ -288,6 +288,16 @@ def test_a_standby_chosen_by_hand_answers_503_until_promoted(start_server, pair)
     for status, body in answers:
         assert status == 503 and body["errcode"] == "M_UNKNOWN" and body["retry_after_ms"] > 0, (status, body)
     assert "looking for the primary" in srv.stderr_text(), "no write ever reached the standby"
+    # readiness says so too: a standby answers queries but would refuse every write (between the tries, while a
+    # worker reconnects after a refused write, it may say that instead: 503 either way)
+    deadline = time.monotonic() + BACK_BOUND_S
+    while True:
+        r = requests.get(srv.url + "/_mxkeys/ready", timeout=5)
+        assert r.status_code == 503, r.text
+        if "standby" in r.json()["error"]:
+            break
+        assert time.monotonic() < deadline, f"ready never named the standby: {r.text}"
+        time.sleep(0.05)
     pair.promote()
     deadline = time.monotonic() + BACK_BOUND_S
     n = 100
@@ -297,3 +307,4 @@ def test_a_standby_chosen_by_hand_answers_503_until_promoted(start_server, pair)
         time.sleep(0.05)
     r = requests.get(srv.url + CLIENT + "/room_keys/keys", params={"version": version}, headers=h)
     assert {"s0", f"s{n}"} <= set(r.json()["rooms"]["!room:localhost"]["sessions"])
+    assert requests.get(srv.url + "/_mxkeys/ready", timeout=5).status_code == 200
