@@ -164,7 +164,7 @@ if [ -n "$OTHER_URL" ]; then
     say "set-up on the other server $OTHER_URL (tokens from $OTHER_TOKENS)"
     OTHER_BENCH=("$MXKEYS_BENCH" --url "$OTHER_URL" --tokens "$OTHER_TOKENS" --state "$RESULTS/other-state.json")
     OTHER_READY=1
-    "${OTHER_BENCH[@]}" --setup-only --otks 20 --backup-sessions "$BACKUP_SESSIONS" --sessions 100 --query-users 10 ||
+    "${OTHER_BENCH[@]}" --setup-only --otks "$OTKS" --backup-sessions "$BACKUP_SESSIONS" --sessions 100 --query-users 10 ||
         { OTHER_READY=; echo "run.sh: set-up on $OTHER_URL failed: its scenarios are skipped" >&2; }
 fi
 
@@ -202,6 +202,17 @@ other_scenario() {
     local unexpected
     unexpected=$(json "$out.json" "d.get('unexpected_errors', 0)")
     [ "$unexpected" = 0 ] || echo "run.sh: $sc against $OTHER_URL: $unexpected unexpected answers (see $out.txt)" >&2
+    if [ "$sc" = claim ]; then
+        # Fallback answers are cheaper than claims: say how many there were and why (mxkeys-bench's note).
+        local fb
+        fb=$(json "$out.json" "d['scenarios']['claim']['answers'].get('fallback', 0)")
+        if [ "$fb" != 0 ]; then
+            grep -A1 '^note: .* claims got the fallback key' "$out.txt" | tr '\n' ' ' >&2
+            echo >&2
+            rate="$rate ($fb of $ok answers were fallback keys: $(json "$out.json" \
+                "'devices ran out' if d.get('claim_stock', {}).get('devices_dry') else 'devices still held one-time keys'"))"
+        fi
+    fi
     echo "$rate"
 }
 
@@ -314,6 +325,10 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
         if [ -n "$OTHER_URL" ]; then
             case "${OTHER[$sc]}" in
             skipped*) row="$row ${OTHER[$sc]} | n/a |" ;;
+            *" ("*)
+                vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]%% *}))" 2>/dev/null || echo "n/a")
+                row="$row ${OTHER[$sc]} | $vs |"
+                ;;
             *)
                 vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]}))" 2>/dev/null || echo "n/a")
                 row="$row ${OTHER[$sc]} | $vs |"
