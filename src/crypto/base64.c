@@ -42,7 +42,7 @@ long mx_base64_decode(const char *in, size_t len, uint8_t *out, size_t outcap)
         len > 0 && in[len - 1] == '=' ? sodium_base64_VARIANT_ORIGINAL : sodium_base64_VARIANT_ORIGINAL_NO_PADDING;
     size_t n = 0;
     /* libsodium declares its output non-null even for no room: (NULL, 0), which only empty text fits, gets a byte */
-    uint8_t none;
+    uint8_t none = 0;
     uint8_t *dst = out != NULL ? out : &none;
     /* b64_end NULL: anything left over after the text (or its padding) is an error, not a place to stop */
     if (ascii_only(in, len) &&
