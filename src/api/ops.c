@@ -29,7 +29,9 @@ void mx_api_ready(mx_call_t *call)
     for (unsigned i = 0; i < server->nworkers; i++) {
         const mx_db_pool_t *pool = __atomic_load_n(&server->workers[i].db, __ATOMIC_ACQUIRE);
         if (pool == NULL || !mx_db_pool_ready(pool)) {
-            mx_call_error(call, MX_ERR_UNAVAILABLE, "worker %u has no database connection", i);
+            /* like every other 503 the database causes: a client (or probe) is told when to look again */
+            mx_call_error_extra(call, MX_ERR_UNAVAILABLE, "\"retry_after_ms\":1000",
+                                "worker %u has no database connection", i);
             return;
         }
     }
