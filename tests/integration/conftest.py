@@ -283,9 +283,21 @@ def servers_stay_up():
                         f"{s.stderr_text()[-3000:]}", pytrace=False)
 
 
+def wait_ready(srv):
+    """Health answers once the server listens; ready only once every worker holds a database connection. Tests of the
+    shared server start from ready, whichever of them runs first."""
+    def ready():
+        try:
+            return requests.get(srv.url + "/_mxkeys/ready", timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+    wait_for(ready, STARTUP_TIMEOUT, f"mxkeysd on port {srv.port} to be ready")
+    return srv
+
+
 @pytest.fixture(scope="session")
 def server(start_server):
-    return start_server(admin_token="admintest")
+    return wait_ready(start_server(admin_token="admintest"))
 
 
 @pytest.fixture
