@@ -54,7 +54,8 @@ static const char usage[] =
     "  --query-users N        users per /keys/query (default 10, all their devices)\n"
     "  --claim-devices N      claim only from the first N devices: contention (default 0: all)\n"
     "  --upload-otks N        one-time keys per measured upload (default 50)\n"
-    "  --upload-pool N        distinct upload bodies made in set-up; later uploads repeat them (default 200)\n"
+    "  --upload-pool N        distinct upload bodies made in set-up; later uploads repeat them (default: enough\n"
+    "                         for the whole run at --rate, or at 800 uploads/s; 200 with --tokens)\n"
     "  --otk-cap N            the server's cap on unclaimed one-time keys per device (default 500)\n"
     "  --sessions S           sessions per backup-put (default 100)\n"
     "  --backup-sessions B    sessions stored per user's backup, read by backup-get (default 1000)\n"
@@ -219,12 +220,30 @@ static void defaults(bench_options_t *o)
     o->otks = 100;
     o->query_users = 10;
     o->upload_otks = 50;
-    o->upload_pool = 200;
+    o->upload_pool = 0; /* sized for the run once every option is read */
     o->otk_cap = 500;
     o->sessions = 100;
     o->backup_sessions = 1000;
     o->blob_pool = 8;
     o->progress = true;
+}
+
+/* Fresh upload bodies for the whole run (warm-up included): at --rate, or at a rate above what mxkeys answers on a
+ * two-core machine (uploads verify every signature), times the upload share of the mix. A tokens file brings its
+ * own upload devices, each good for --otk-cap / --upload-otks bodies: there the default stays small (the report
+ * says when uploads repeated). */
+#define UPLOAD_RATE_CEILING 800.0
+#define UPLOAD_POOL_MIN 200u
+static unsigned default_upload_pool(const bench_options_t *o)
+{
+    unsigned total = bench_options_weight(o);
+    if (o->tokens_file != NULL || o->weights[SC_UPLOAD] == 0 || total == 0)
+        return UPLOAD_POOL_MIN;
+    double rate = o->rate > 0 ? o->rate : UPLOAD_RATE_CEILING;
+    double n = rate * (o->duration_s + o->warmup_s) * o->weights[SC_UPLOAD] / total;
+    if (n > 1e6)
+        n = 1e6;
+    return n > UPLOAD_POOL_MIN ? (unsigned)n + 1 : UPLOAD_POOL_MIN;
 }
 
 int bench_options_parse(bench_options_t *o, int argc, char **argv, char *err, size_t errlen)
@@ -409,6 +428,8 @@ int bench_options_parse(bench_options_t *o, int argc, char **argv, char *err, si
     }
     if (o->query_users > o->users)
         o->query_users = o->users;
+    if (o->upload_pool == 0)
+        o->upload_pool = default_upload_pool(o);
     if (o->setup_only && o->state_file == NULL && o->pgbench_out == NULL) {
         snprintf(err, errlen, "--setup-only needs --state (or --pgbench-out) to keep what it set up");
         return -1;

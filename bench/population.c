@@ -175,10 +175,10 @@ int bench_population_save(const bench_population_t *p, const char *path, char *e
                                           user->ssk_seed, "user_signing_seed", user->usk_seed));
         json_array_append_new(users, ju);
     }
-    json_t *root =
-        json_pack("{s:o, s:o, s:o, s:o, s:i, s:o}", "prefix", opt_string(p->prefix), "server", opt_string(p->server),
-                  "changes_from", opt_string(p->changes_from), "changes_to", opt_string(p->changes_to),
-                  "backup_sessions", (json_int_t)p->backup_sessions, "users", users);
+    json_t *root = json_pack("{s:o, s:o, s:o, s:o, s:i, s:I, s:o}", "prefix", opt_string(p->prefix), "server",
+                             opt_string(p->server), "changes_from", opt_string(p->changes_from), "changes_to",
+                             opt_string(p->changes_to), "backup_sessions", (json_int_t)p->backup_sessions,
+                             "backup_epoch", (json_int_t)p->backup_epoch, "users", users);
     /* Tokens inside: readable by the owner only. */
     char tmp[4096];
     snprintf(tmp, sizeof(tmp), "%s.tmp", path);
@@ -222,6 +222,8 @@ int bench_population_load(bench_population_t *p, const char *path, char *err, si
     p->changes_from = dup_member(root, "changes_from");
     p->changes_to = dup_member(root, "changes_to");
     p->backup_sessions = (unsigned)json_integer_value(json_object_get(root, "backup_sessions"));
+    /* absent in states written before it existed: their indexes were all above 2^32, so any start is below them */
+    p->backup_epoch = (int64_t)json_integer_value(json_object_get(root, "backup_epoch"));
     size_t ndev = 0, u;
     json_t *ju;
     json_array_foreach(users, u, ju) ndev += json_array_size(json_object_get(ju, "devices"));

@@ -5,6 +5,7 @@
 #define MXKEYS_BENCH_POPULATION_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct st_bench_device_t {
     char *user_id, *device_id, *token;
@@ -33,6 +34,7 @@ typedef struct st_bench_population_t {
     size_t nupload;
     char *changes_from, *changes_to; /* device-list stream tokens around set-up's uploads */
     unsigned backup_sessions;        /* sessions stored per user backup */
+    int64_t backup_epoch;            /* unix seconds when set-up created the backups (0: unknown, i.e. now) */
 } bench_population_t;
 
 /** Builds U users x D devices named from `prefix` and `server` (tokens empty until minted). */

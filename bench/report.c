@@ -44,6 +44,34 @@ static void notes_text(const bench_sc_stats_t *st, int sc, char *out, size_t out
     }
 }
 
+/* What the fallback answers mean, from the devices' one-time key counts after the run (bench_setup_claim_stock). */
+static void claim_note(FILE *f, const bench_ctx_t *ctx, uint64_t fallbacks)
+{
+    fprintf(f, "\nnote: %llu claims got the fallback key. ", (unsigned long long)fallbacks);
+    if (!ctx->claim_stock_known) {
+        fprintf(f, "The devices' one-time key counts could not be read after the run, so whether they had run out "
+                   "is not known\n");
+    } else if (ctx->claim_dry == 0) {
+        fprintf(f,
+                "After the run all %zu claimable devices still held one-time keys (%llu in all): the server answered "
+                "with fallback keys while one-time keys were there (for instance concurrent claims of one device "
+                "losing a race); the devices did not run out\n",
+                ctx->claim_held, (unsigned long long)ctx->claim_keys_held);
+    } else if (ctx->claim_held == 0) {
+        fprintf(f,
+                "After the run none of the %zu claimable devices held a one-time key: they ran out (raise --otks "
+                "or --users)\n",
+                ctx->claim_dry);
+    } else {
+        fprintf(f,
+                "After the run %zu of the %zu claimable devices held no one-time key (they ran out: raise --otks or "
+                "--users) and %zu still held %llu in all (a fallback answer for one of those came while it still had "
+                "one-time keys)\n",
+                ctx->claim_dry, ctx->claim_dry + ctx->claim_held, ctx->claim_held,
+                (unsigned long long)ctx->claim_keys_held);
+    }
+}
+
 void bench_report_print(FILE *f, const bench_ctx_t *ctx, const bench_results_t *res)
 {
     const bench_options_t *o = ctx->opts;
@@ -79,10 +107,7 @@ void bench_report_print(FILE *f, const bench_ctx_t *ctx, const bench_results_t *
                 "still checks every signature but stores nothing); raise --upload-pool for fresh keys only\n",
                 ctx->nupload_bodies);
     if (o->weights[SC_CLAIM] > 0 && res->sc[SC_CLAIM].notes[1] > 0)
-        fprintf(f,
-                "\nnote: %llu claims got the fallback key: their devices had run out of one-time keys "
-                "(raise --otks or --users)\n",
-                (unsigned long long)res->sc[SC_CLAIM].notes[1]);
+        claim_note(f, ctx, res->sc[SC_CLAIM].notes[1]);
     if (res->unsent > 0)
         fprintf(f,
                 "\nWARNING: %llu requests due at %.0f/s were never sent: the server (or this client) could not "
@@ -136,6 +161,10 @@ int bench_report_json(const char *path, const bench_ctx_t *ctx, const bench_resu
                                   "query_users", (json_int_t)o->query_users, "sessions_per_put",
                                   (json_int_t)o->sessions, "backup_sessions", (json_int_t)ctx->pop->backup_sessions,
                                   "upload_bodies", (json_int_t)ctx->nupload_bodies));
+    if (ctx->claim_stock_known)
+        json_object_set_new(root, "claim_stock",
+                            json_pack("{s:I, s:I, s:I}", "devices_dry", (json_int_t)ctx->claim_dry, "devices_holding",
+                                      (json_int_t)ctx->claim_held, "keys_held", (json_int_t)ctx->claim_keys_held));
     json_t *scs = json_object();
     for (int k = 0; k < SC_COUNT; k++) {
         if (o->weights[k] == 0)

@@ -34,6 +34,7 @@ MIX=mix:upload=1,query=4,claim=2,changes=1,backup-put=1,backup-get=1,cross-sign=
 DATABASE_URL=
 OTHER_URL=
 OTHER_TOKENS=
+OTHER_READY=
 KEEP=0
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -162,11 +163,58 @@ PREFIX=$(sed -n 's/^prefix=//p' "$RESULTS/vars")
 if [ -n "$OTHER_URL" ]; then
     say "set-up on the other server $OTHER_URL (tokens from $OTHER_TOKENS)"
     OTHER_BENCH=("$MXKEYS_BENCH" --url "$OTHER_URL" --tokens "$OTHER_TOKENS" --state "$RESULTS/other-state.json")
-    "${OTHER_BENCH[@]}" --setup-only --otks 20 --backup-sessions "$BACKUP_SESSIONS" --sessions 100 --query-users 10
+    OTHER_READY=1
+    "${OTHER_BENCH[@]}" --setup-only --otks "$OTKS" --backup-sessions "$BACKUP_SESSIONS" --sessions 100 --query-users 10 ||
+        { OTHER_READY=; echo "run.sh: set-up on $OTHER_URL failed: its scenarios are skipped" >&2; }
 fi
 
 json() { $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
 pgbench_tps() { sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$1"; }
+
+# One scenario against the other server; prints its req/s for the table, or "skipped: <why>" when the server does not
+# support it (set-up could not prepare it, or no request succeeded), so one missing feature never stops the run.
+other_scenario() {
+    local sc=$1 out=$RESULTS/other-$1
+    say "$sc: the other server $OTHER_URL, ${DURATION}s"
+    if [ -z "$OTHER_READY" ]; then
+        echo "skipped: set-up on the other server failed"
+        return
+    fi
+    rm -f "$out.json"
+    "${OTHER_BENCH[@]}" --scenario "$sc" --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" \
+        --json "$out.json" --no-progress >"$out.txt" 2>&1 || true
+    local why
+    if [ ! -s "$out.json" ]; then
+        why=$(grep -m1 'mxkeys-bench:' "$out.txt" | sed 's/^mxkeys-bench: //' | cut -c1-160)
+        echo "run.sh: $sc is not available on $OTHER_URL, skipped: ${why:-see $out.txt}" >&2
+        echo "skipped: ${why:-no result}"
+        return
+    fi
+    local ok rate
+    ok=$(json "$out.json" "d['scenarios']['$sc']['ok']")
+    rate=$(json "$out.json" "round(d['scenarios']['$sc']['throughput'], 1)")
+    if [ "$ok" = 0 ]; then
+        why=$(json "$out.json" "'; '.join('%s x%d' % (e['error'], e['count']) for e in d.get('errors', [])[:2]) or 'no successful answer'")
+        echo "run.sh: $sc: no request succeeded on $OTHER_URL ($why), skipped" >&2
+        echo "skipped: $why"
+        return
+    fi
+    local unexpected
+    unexpected=$(json "$out.json" "d.get('unexpected_errors', 0)")
+    [ "$unexpected" = 0 ] || echo "run.sh: $sc against $OTHER_URL: $unexpected unexpected answers (see $out.txt)" >&2
+    if [ "$sc" = claim ]; then
+        # Fallback answers are cheaper than claims: say how many there were and why (mxkeys-bench's note).
+        local fb
+        fb=$(json "$out.json" "d['scenarios']['claim']['answers'].get('fallback', 0)")
+        if [ "$fb" != 0 ]; then
+            grep -A1 '^note: .* claims got the fallback key' "$out.txt" | tr '\n' ' ' >&2
+            echo >&2
+            rate="$rate ($fb of $ok answers were fallback keys: $(json "$out.json" \
+                "'devices ran out' if d.get('claim_stock', {}).get('devices_dry') else 'devices still held one-time keys'"))"
+        fi
+    fi
+    echo "$rate"
+}
 
 # ---- mxkeys vs the raw database, per scenario -----------------------------------------------------------------------
 declare -A MX RAW RATIO ROUNDS_TEXT OTHER LABEL
@@ -211,7 +259,9 @@ for sc in $SCENARIOS; do
         mx_rates+=("$(json "$out.json" "d['scenarios']['$sc']['throughput']")")
         extra=()
         if [ "$sc" = backup-put ]; then
-            extra=(-D "start=$((4000000000000000 - $(date +%s%6N)))" -D k=0)
+            # the same 32-bit index clock as mxkeys-bench (bench_index_start in bench/scenarios.c)
+            epoch=$(sed -n 's/^backup_epoch=//p' "$RESULTS/vars")
+            extra=(-D "start=$((2147483647 - ($(date +%s) - epoch) * 5000))" -D "clients=$CONCURRENCY" -D k=0)
         elif [ "$sc" = upload ]; then
             extra=(-D "otks=$OTK_TEMPLATE" -D "tag=$(date +%s%N)" -D k=0)
         fi
@@ -245,10 +295,7 @@ PYEOF
         [ "$dry" = 0 ] || echo "run.sh: WARNING: $dry devices ran out of one-time keys during the claim runs" >&2
     fi
     if [ -n "$OTHER_URL" ]; then
-        say "$sc: the other server $OTHER_URL, ${DURATION}s"
-        "${OTHER_BENCH[@]}" --scenario "$sc" --duration "$DURATION" --warmup 2 --concurrency "$CONCURRENCY" \
-            --json "$RESULTS/other-$sc.json" || echo "run.sh: $sc against $OTHER_URL had unexpected errors" >&2
-        OTHER[$sc]=$(json "$RESULTS/other-$sc.json" "round(d['scenarios']['$sc']['throughput'], 1)")
+        OTHER[$sc]=$(other_scenario "$sc")
     fi
 done
 
@@ -276,8 +323,17 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
     for sc in $SCENARIOS; do
         row="| ${LABEL[$sc]} | ${MX[$sc]} | ${RAW[$sc]} | ${RATIO[$sc]} |"
         if [ -n "$OTHER_URL" ]; then
-            vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]}))" 2>/dev/null || echo "n/a")
-            row="$row ${OTHER[$sc]} | $vs |"
+            case "${OTHER[$sc]}" in
+            skipped*) row="$row ${OTHER[$sc]} | n/a |" ;;
+            *" ("*)
+                vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]%% *}))" 2>/dev/null || echo "n/a")
+                row="$row ${OTHER[$sc]} | $vs |"
+                ;;
+            *)
+                vs=$($PY -c "print('%.1f' % (${MX[$sc]} / ${OTHER[$sc]}))" 2>/dev/null || echo "n/a")
+                row="$row ${OTHER[$sc]} | $vs |"
+                ;;
+            esac
         fi
         echo "$row"
     done

@@ -28,12 +28,16 @@ static size_t below(uint64_t *rng, size_t n)
     return n == 0 ? 0 : (size_t)(bench_rand(rng) % n);
 }
 
-int64_t bench_index_start(void)
+int64_t bench_index_start(int64_t backup_epoch)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    /* About 2.3e15 today, within canonical JSON's 2^53; falls by a million each second, faster than any run writes. */
-    return 4000000000000000LL - ((int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+    /* Megolm message indexes are 32-bit and servers store them so (Synapse: a signed 32-bit column, which answers
+     * 500 to anything larger): start at the top of that range when the backups are created and fall by
+     * BENCH_INDEX_PER_SECOND each second since. Every process that writes to the same backups (set-up, each run,
+     * pgbench in bench/run.sh) then starts below whatever an earlier one wrote, as long as none wrote more than
+     * that many backup requests a second. */
+    int64_t now = (int64_t)time(NULL);
+    int64_t elapsed = backup_epoch > 0 && backup_epoch <= now ? now - backup_epoch : 0;
+    return BENCH_INDEX_TOP - elapsed * BENCH_INDEX_PER_SECOND;
 }
 
 void bench_room_id(size_t i, char *out, size_t outlen)
@@ -67,7 +71,15 @@ int bench_ctx_init(bench_ctx_t *ctx, char *err, size_t errlen)
             return -1;
         }
     }
-    atomic_init(&ctx->next_index, bench_index_start());
+    int64_t index = bench_index_start(ctx->pop->backup_epoch);
+    if (ctx->pop->backup_sessions > 0 && index < BENCH_INDEX_FLOOR) {
+        snprintf(err, errlen,
+                 "the backups of this population were created %lld days ago: too long for first_message_index to go "
+                 "on falling within 32 bits; set up a new population",
+                 (long long)((BENCH_INDEX_TOP - index) / BENCH_INDEX_PER_SECOND / 86400));
+        return -1;
+    }
+    atomic_init(&ctx->next_index, index);
     atomic_init(&ctx->upload_next, 0);
     size_t claimable = ctx->pop->ndevices;
     ctx->claim_targets = o->claim_devices > 0 && o->claim_devices < claimable ? o->claim_devices : claimable;

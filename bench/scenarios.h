@@ -28,6 +28,11 @@ typedef struct st_bench_ctx_t {
     _Atomic uint64_t *backup_window; /* per user */
     _Atomic int64_t next_index;      /* first_message_index, decreasing: every write beats what is stored */
     size_t claim_targets;
+    /* claim: one-time keys the claimed devices still hold after the run (bench_setup_claim_stock) */
+    bool claim_stock_known;
+    size_t claim_dry;         /* devices with none left */
+    size_t claim_held;        /* devices that still hold some */
+    uint64_t claim_keys_held; /* how many, over those devices */
     /* cross-sign: /keys/signatures/upload bodies made in set-up (signatures are deterministic, so each is reusable) */
     char **xsign_bodies;
     size_t *xsign_lens, *xsign_device, nxsign; /* xsign_device: the signer's device whose token sends it */
@@ -41,8 +46,16 @@ void bench_ctx_free(bench_ctx_t *ctx);
 void bench_room_id(size_t i, char *out, size_t outlen);
 /** Appends {"rooms": ...} for sessions [from, to) of user `u`, each with first_message_index `index`. */
 void bench_backup_body(const bench_ctx_t *ctx, size_t u, size_t from, size_t to, int64_t index, mx_buf_t *out);
-/** A starting first_message_index lower than any an earlier run wrote (it falls as the clock advances). */
-int64_t bench_index_start(void);
+/* first_message_index values: a 32-bit range, falling with the clock from the backups' creation (bench_index_start). */
+#define BENCH_INDEX_TOP 2147483647LL
+#define BENCH_INDEX_PER_SECOND 5000LL
+/* Below this the backups are too old to go on lowering indexes (about 4.9 days after their creation). */
+#define BENCH_INDEX_FLOOR 10000000LL
+/**
+ * A starting first_message_index lower than any an earlier process wrote to backups created at `backup_epoch` (unix
+ * seconds; 0: created now). Below BENCH_INDEX_FLOOR when the backups are too old for that.
+ */
+int64_t bench_index_start(int64_t backup_epoch);
 
 /** xorshift64*: one generator per thread. */
 uint64_t bench_rand(uint64_t *state);

@@ -348,8 +348,20 @@ static int job_device(bench_ctx_t *ctx, size_t i, bench_sync_t *http, char *err)
     size_t u;
     if (o->weights[SC_CROSS_SIGN] > 0 && is_first_device(ctx, i, &u) && create_cross_signing(ctx, u, http, err) != 0)
         goto done;
-    if (bench_options_wants_backup(o) && is_first_device(ctx, i, &u) && create_backup(ctx, u, olm, http, err) != 0)
-        goto done;
+    if (bench_options_wants_backup(o) && is_first_device(ctx, i, &u) && create_backup(ctx, u, olm, http, err) != 0) {
+        if (o->tokens_file == NULL)
+            goto done;
+        /* Another server that refuses backups (or these bodies) still runs every other scenario: the user keeps no
+         * backup, and the backup scenarios then say that no user has one. */
+        bench_user_t *user = &ctx->pop->users[u];
+        free(user->backup_version);
+        free(user->backup_pub);
+        user->backup_version = user->backup_pub = NULL;
+        static _Atomic int warned;
+        if (atomic_exchange(&warned, 1) == 0)
+            fprintf(stderr, "mxkeys-bench: backups unavailable on this server (%s): no backup scenario will run\n",
+                    err);
+    }
     rc = 0;
 done:
     json_decref(keys);
@@ -390,7 +402,9 @@ int bench_setup_blobs(bench_ctx_t *ctx, bool progress, char *err, size_t errlen)
     for (size_t u = 0; u < ctx->pop->nusers; u++)
         with_backup += ctx->pop->users[u].backup_version != NULL;
     if (with_backup == 0) {
-        snprintf(err, errlen, "a backup scenario was asked for, but no user has a backup (set up with one)");
+        snprintf(err, errlen,
+                 "a backup scenario was asked for, but no user has a backup (set up with one; a server "
+                 "that refused backups at set-up has none)");
         return -1;
     }
     return run_jobs(ctx, "encrypting backup sessions", ctx->pop->nusers, job_blobs, progress, err, errlen);
@@ -514,6 +528,34 @@ int bench_setup_upload(bench_ctx_t *ctx, bool progress, char *err, size_t errlen
     return 0;
 }
 
+/* ---- after the run ------------------------------------------------------------------------------------------- */
+
+int bench_setup_claim_stock(bench_ctx_t *ctx, char *err, size_t errlen)
+{
+    bench_sync_t http;
+    bench_sync_init(&http, ctx->target);
+    ctx->claim_dry = ctx->claim_held = 0;
+    ctx->claim_keys_held = 0;
+    int rc = 0;
+    for (size_t i = 0; i < ctx->claim_targets; i++) {
+        char e[ERRLEN];
+        long n = otk_count(&http, ctx->pop->devices[i].token, e);
+        if (n < 0) {
+            snprintf(err, errlen, "counting the one-time keys of %s: %s", ctx->pop->devices[i].device_id, e);
+            rc = -1;
+            break;
+        }
+        if (n == 0)
+            ctx->claim_dry++;
+        else
+            ctx->claim_held++;
+        ctx->claim_keys_held += (uint64_t)n;
+    }
+    bench_sync_close(&http);
+    ctx->claim_stock_known = rc == 0;
+    return rc;
+}
+
 /* ---- cross-signing bodies ------------------------------------------------------------------------------------ */
 
 /* Appends one body {target user: {key id: object signed with seed}} and who sends it. */
@@ -633,8 +675,9 @@ int bench_setup_pgbench_vars(const bench_ctx_t *ctx, const char *dir, char *err,
         snprintf(err, errlen, "cannot write %s", path);
         return -1;
     }
-    fprintf(f, "prefix=%s\nserver=%s\nusers=%zu\ndevices=%zu\nqusers=%u\nversion=%s\n", pop->prefix, pop->server,
-            pop->nusers, pop->users[0].ndevices, ctx->opts->query_users, version);
+    fprintf(f, "prefix=%s\nserver=%s\nusers=%zu\ndevices=%zu\nqusers=%u\nversion=%s\nbackup_epoch=%lld\n", pop->prefix,
+            pop->server, pop->nusers, pop->users[0].ndevices, ctx->opts->query_users, version,
+            (long long)pop->backup_epoch);
     /* The backup-put body for sessions [0, S) with first_message_index 0, which the script replaces textually. */
     mx_buf_t b = MX_BUF_INIT;
     size_t per = ctx->opts->sessions < ctx->session_space ? ctx->opts->sessions : ctx->session_space;

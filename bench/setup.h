@@ -22,5 +22,11 @@ int bench_setup_pgbench_vars(const bench_ctx_t *ctx, const char *dir, char *err,
     __attribute__((warn_unused_result));
 /** How many upload devices the options call for. */
 size_t bench_setup_upload_devices(const bench_options_t *o);
+/**
+ * After a run with claims: asks every claimable device for its count of unclaimed one-time keys (an empty
+ * /keys/upload) and fills ctx->claim_dry/claim_held/claim_keys_held, so the report can tell fallback answers given
+ * because devices ran out from fallback answers given while keys were still there.
+ */
+int bench_setup_claim_stock(bench_ctx_t *ctx, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

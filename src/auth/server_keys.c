@@ -332,7 +332,7 @@ static void on_query_done(fetch_t *f, const char *error)
     if (notary_sig_failed)
         sk->notary_keys_until = 0;
     if (best == MX_SERVER_KEY_CURRENT) {
-        pending_finish(p, MX_SERVER_KEY_OK, key, NULL);
+        pending_finish(p, MX_SERVER_KEY_OK, key, "");
         return;
     }
     if (best == MX_SERVER_KEY_OLD)

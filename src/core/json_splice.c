@@ -5,6 +5,7 @@
 #include "mxkeys/json_splice.h"
 #include <string.h>
 #include "mxkeys/canonical_json.h" /* mx_json_escape */
+#include "mxkeys/utf8.h"           /* mx_hex_digit */
 
 _Static_assert(MX_SPLICE_MAX_RULES <= 8, "rule sets are uint8_t masks");
 _Static_assert(MX_SPLICE_MAX_NESTING % 64 == 0, "kinds is a bit stack of uint64_t");
@@ -324,16 +325,6 @@ static int close_container(mx_splice_t *s, feed_t *f, const char *p, bool nonemp
     return 0;
 }
 
-static int hex_value(uint8_t c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c |= 0x20;
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
 int mx_splice_init(mx_splice_t *s, const mx_splice_rule_t *rules, size_t nrules)
 {
     memset(s, 0, sizeof(*s));
@@ -504,7 +495,7 @@ int mx_splice_feed(mx_splice_t *s, const char *in, size_t len, mx_buf_t *out)
             break;
         }
         case ST_NAME_HEX: {
-            int v = hex_value((uint8_t)*p);
+            int v = mx_hex_digit((unsigned char)*p);
             if (v < 0) {
                 /* Not ours to refuse either; the byte is looked at again as part of the string. */
                 s->key_cands = 0;

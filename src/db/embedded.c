@@ -85,10 +85,12 @@ static int resolve_run_user(mx_embedded_pg_t *pg, char *err, size_t errlen)
 {
     if (geteuid() != 0)
         return 0;
-    /* PostgreSQL refuses to run as root. */
+    /* PostgreSQL refuses to run as root. getpwnam is not reentrant, which is harmless here: the embedded cluster
+     * starts before mxkeysd creates any thread (main.c, cli.c). */
+    /* cppcheck-suppress getpwnamCalled */
     struct passwd *pw = getpwnam("postgres");
     if (pw == NULL)
-        pw = getpwnam("nobody");
+        pw = getpwnam("nobody"); /* cppcheck-suppress getpwnamCalled */
     if (pw == NULL)
         return mx_fail(err, errlen,
                        "running as root, and neither a postgres nor a nobody user exists to run the cluster");
@@ -244,6 +246,8 @@ static int find_bindir(mx_embedded_pg_t *pg, char *err, size_t errlen)
     DIR *d = opendir("/usr/lib/postgresql");
     long best = -1;
     if (d != NULL) {
+        /* readdir_r is the deprecated one (glibc): readdir is safe on a DIR no other thread reads. */
+        /* cppcheck-suppress readdirCalled */
         for (struct dirent *e; (e = readdir(d)) != NULL;) {
             char *end, dir[PATH_MAX];
             long v = strtol(e->d_name, &end, 10);

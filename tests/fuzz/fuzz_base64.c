@@ -1,5 +1,7 @@
 /* Base64: decoding any text never overflows and zeroes its output on failure; what decodes re-encodes to the same
- * text (unpadded, so up to the padding); encoding any bytes decodes back to them. */
+ * text, up to padding that must be exactly what the last group needs; encoding any bytes decodes back to them, padded
+ * or not; mx_base64_is_key agrees with decoding. Together: the accepted texts are exactly the unpadded encodings and
+ * their correctly padded forms. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             while (unpadded > 0 && data[unpadded - 1] == '=')
                 unpadded--;
             REQUIRE(strlen(text) == unpadded && memcmp(text, data, unpadded) == 0);
+            /* padding, if any, is the whole last group's: 1 or 2 `=` making a multiple of 4 */
+            size_t pad = size - unpadded;
+            REQUIRE(pad == 0 || (size % 4 == 0 && pad == (4 - unpadded % 4) % 4));
             free(text);
         }
         free(out);
@@ -41,7 +46,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     REQUIRE(mx_base64_decode(text, strlen(text), back, size) == (long)size);
     REQUIRE(size == 0 || memcmp(back, data, size) == 0);
     REQUIRE(mx_base64_is_key(text, size));
+    /* the padded spelling decodes to the same bytes */
+    size_t len = strlen(text), padded_len = (len + 3) / 4 * 4;
+    char *padded = malloc(padded_len + 1);
+    memcpy(padded, text, len);
+    memset(padded + len, '=', padded_len - len);
+    padded[padded_len] = '\0';
+    REQUIRE(mx_base64_decode(padded, padded_len, back, size) == (long)size);
+    REQUIRE(size == 0 || memcmp(back, data, size) == 0);
+    REQUIRE(mx_base64_is_key(padded, size));
+    free(padded);
     free(back);
     free(text);
+    /* as a NUL-terminated key: accepted for n bytes exactly when it decodes to n bytes */
+    if (memchr(data, '\0', size) == NULL) {
+        char *s = malloc(size + 1);
+        memcpy(s, data, size);
+        s[size] = '\0';
+        uint8_t *out = malloc(size + 1);
+        long n = mx_base64_decode(s, size, out, size);
+        for (size_t k = n > 0 ? (size_t)n - 1 : 0; k <= (n >= 0 ? (size_t)n + 1 : 2); k++)
+            REQUIRE(mx_base64_is_key(s, k) == (n >= 0 && (size_t)n == k));
+        free(out);
+        free(s);
+    }
     return 0;
 }

@@ -1,9 +1,25 @@
-"""PostgreSQL going away and coming back while mxkeysd keeps running. Last in the suite: it stops the cluster (and
-always starts it again, so whatever runs after still has its database)."""
+"""PostgreSQL going away and coming back while mxkeysd keeps running. The cluster it stops is this module's own (and
+so is the server), so the test runs in any order with the rest of the suite."""
 import time
 
+import pytest
 import requests
-from conftest import assert_error
+from conftest import Postgres, assert_error, wait_ready
+
+
+@pytest.fixture(scope="module")
+def own_pg():
+    cluster = Postgres()
+    yield cluster
+    cluster.destroy()
+
+
+@pytest.fixture(scope="module")
+def server(start_server, own_pg):
+    """Shadows the session's server: this one's database is own_pg. Stopped before its cluster is destroyed."""
+    srv = wait_ready(start_server(database_url=own_pg.conninfo, admin_token="admintest"))
+    yield srv
+    srv.stop()
 
 
 def timed(fn, *args, **kwargs):
@@ -12,14 +28,14 @@ def timed(fn, *args, **kwargs):
     return r, time.monotonic() - t0
 
 
-def test_ready_follows_the_database(server, pg, login):
+def test_ready_follows_the_database(server, own_pg, login):
     user, _, c = login(server)
     # Resolve the token once per worker (fresh connections spread over both) so it is in the positive cache.
     for _ in range(4):
         assert requests.get(server.url + "/_matrix/client/v3/account/whoami",
                             headers={"Authorization": f"Bearer {c.token}"}).status_code == 200
     assert requests.get(server.url + "/_mxkeys/ready").status_code == 200
-    pg.stop()
+    own_pg.stop()
     try:
         r, took = timed(requests.get, server.url + "/_mxkeys/ready")
         assert took < 3, f"ready took {took:.1f}s with the database down"
@@ -40,7 +56,7 @@ def test_ready_follows_the_database(server, pg, login):
         assert r.json()["errcode"] == "M_UNKNOWN", r.text
         assert server.proc.poll() is None, "mxkeysd died with the database"
     finally:
-        pg.start()
+        own_pg.start()
     # Ready again on both workers (each has its own pool): several fresh connections in a row answer 200.
     deadline = time.monotonic() + 20
     streak = 0
@@ -58,4 +74,4 @@ def test_ready_follows_the_database(server, pg, login):
         r = requests.post(server.url + "/_matrix/client/v3/keys/query", json={"device_keys": {}},
                           headers={"Authorization": f"Bearer {c2.token}"})
         assert r.status_code == 200, r.text
-    assert pg.running()
+    assert own_pg.running()
