@@ -7,13 +7,10 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include "mxkeys/errors.h"
+#include "mxkeys/matrix_ids.h" /* the user id grammar the key checks use */
 
 #define MX_WHY_LEN 512
 
-/** Matrix user id grammar: "@localpart:server", visible ASCII, at most 255 bytes. */
-bool mx_user_id_valid(const char *user_id);
-/** The server name part of a (valid) user id. */
-const char *mx_user_id_server(const char *user_id);
 /** True for "<algorithm>:<key id>" with exactly one ':' and both parts non-empty. */
 bool mx_key_id_valid(const char *id);
 

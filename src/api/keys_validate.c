@@ -19,26 +19,6 @@ static const char *fail(mx_err_t *err, mx_err_t e, char *why, const char *fmt, .
     return why;
 }
 
-bool mx_user_id_valid(const char *s)
-{
-    size_t len = strlen(s);
-    if (len < 4 || len > 255 || s[0] != '@')
-        return false;
-    const char *colon = strchr(s, ':');
-    if (colon == NULL || colon == s + 1 || colon[1] == '\0')
-        return false;
-    for (const char *p = s; *p; p++)
-        if ((unsigned char)*p < 0x21 || (unsigned char)*p > 0x7e)
-            return false;
-    return true;
-}
-
-const char *mx_user_id_server(const char *user_id)
-{
-    const char *colon = strchr(user_id, ':');
-    return colon ? colon + 1 : "";
-}
-
 bool mx_key_id_valid(const char *id)
 {
     const char *colon = strchr(id, ':');

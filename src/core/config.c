@@ -2,6 +2,7 @@
  * three can never disagree. Values are checked here, at start-up, so a bad one stops mxkeysd with a one-line reason
  * instead of surfacing later as an odd failure. */
 #include "mxkeys/config.h"
+#include "mxkeys/matrix_ids.h"
 #include "mxkeys/reason.h"
 #include <ctype.h>
 #include <errno.h>
@@ -176,31 +177,6 @@ static int parse_listen(mx_config_t *cfg, const char *v)
     return 0;
 }
 
-/* DNS name or IPv4 address, or a bracketed IPv6 literal, then an optional :port (Matrix spec, "Server name"). */
-static int check_server_name(const char *v)
-{
-    const char *p = v;
-    if (*p == '[') {
-        const char *end = strchr(p, ']');
-        if (end == NULL || end == p + 1)
-            return -1;
-        for (const char *c = p + 1; c < end; c++)
-            if (!isxdigit((unsigned char)*c) && *c != ':' && *c != '.')
-                return -1;
-        p = end + 1;
-    } else {
-        const char *start = p;
-        while (isalnum((unsigned char)*p) || *p == '-' || *p == '.')
-            p++;
-        if (p == start || p - start > 255)
-            return -1;
-    }
-    if (*p == '\0')
-        return 0;
-    uint16_t port;
-    return *p == ':' && parse_port(p + 1, &port) == 0 ? 0 : -1;
-}
-
 /* http://host[:port][/prefix]: whoami is called on the same event loop without TLS, so https is refused here. */
 static int check_homeserver_url(const char *v)
 {
@@ -264,7 +240,7 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
                            source, v);
         return 0;
     case KIND_SERVER_NAME:
-        if (check_server_name(v) != 0)
+        if (!mx_server_name_valid(v))
             return mx_fail(err, errlen, "%s: expected a server name (host, IPv4 or [IPv6], optional :port), got \"%s\"",
                            source, v);
         return set_string(field, v) == 0 ? 0 : mx_fail(err, errlen, "%s: out of memory", source);
@@ -362,21 +338,6 @@ static int apply_env(mx_config_t *cfg, char **envp, char *err, size_t errlen)
             return -1;
     }
     return 0;
-}
-
-/* Matrix user id: @localpart:server_name, localpart from the historical grammar (any printable ASCII but ':'), at most
- * 255 bytes in all. */
-static int check_user_id(const char *v)
-{
-    if (v[0] != '@' || strlen(v) > 255)
-        return -1;
-    const char *colon = strchr(v, ':');
-    if (colon == NULL || colon == v + 1)
-        return -1;
-    for (const char *c = v + 1; c < colon; c++)
-        if (*c < 0x21 || *c > 0x7e)
-            return -1;
-    return check_server_name(colon + 1);
 }
 
 static int check_device_id(const char *v)
@@ -483,7 +444,7 @@ static int parse_args(mx_cli_t *cli, int argc, char **argv, int first, char *err
             return mx_fail(err, errlen, "token create: --user is required");
         if (cli->token_device == NULL)
             return mx_fail(err, errlen, "token create: --device is required");
-        if (check_user_id(cli->token_user) != 0)
+        if (!mx_user_id_valid(cli->token_user))
             return mx_fail(err, errlen, "--user: expected a Matrix user id like @alice:example.org, got \"%s\"",
                            cli->token_user);
         if (check_device_id(cli->token_device) != 0)

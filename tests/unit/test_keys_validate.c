@@ -58,6 +58,18 @@ static void test_user_ids(void)
     longest[256] = '\0';
     CHECK(!mx_user_id_valid(longest)); /* 256 */
 
+    /* the server part is a server name (one grammar with --server-name: src/core/matrix_ids.c) */
+    CHECK(!mx_user_id_valid("@a:exa_mple.org"));  /* '_' is no DNS character */
+    CHECK(!mx_user_id_valid("@a:example.org:0")); /* port 0 */
+    CHECK(!mx_user_id_valid("@a:example.org:65536"));
+    CHECK(!mx_user_id_valid("@a:example.org:84x")); /* port with a letter */
+    CHECK(!mx_user_id_valid("@a:[]"));              /* empty IPv6 literal */
+    CHECK(!mx_user_id_valid("@a:[::1"));            /* unterminated */
+    CHECK(!mx_user_id_valid("@a:b:c:d"));           /* a second ':' is not a port */
+    CHECK(mx_user_id_valid("@a:127.0.0.1:65535"));
+    CHECK(mx_server_name_valid("[2001:db8::1]:8448"));
+    CHECK(!mx_server_name_valid(""));
+
     CHECK_STREQ(mx_user_id_server("@a:example.org"), "example.org");
     CHECK_STREQ(mx_user_id_server("@a:example.org:8448"), "example.org:8448"); /* the first ':' ends the localpart */
 }
