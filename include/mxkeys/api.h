@@ -31,13 +31,13 @@ void mx_api_federation_metrics(const mx_server_t *server, mx_buf_t *out);
 void mx_api_device_signing_upload(mx_call_t *call);
 void mx_api_signatures_upload(mx_call_t *call);
 
-/* room_keys_versions.c */
+/* backup_versions.c */
 void mx_api_backup_version_create(mx_call_t *call);
 void mx_api_backup_version_get_current(mx_call_t *call);
 void mx_api_backup_version_get(mx_call_t *call);
 void mx_api_backup_version_update(mx_call_t *call);
 void mx_api_backup_version_delete(mx_call_t *call);
-/* room_keys_sessions.c: the three levels (all rooms, one room, one session) of PUT/GET/DELETE */
+/* backup_sessions.c: the three levels (all rooms, one room, one session) of PUT/GET/DELETE */
 void mx_api_backup_keys_put(mx_call_t *call);
 void mx_api_backup_keys_get(mx_call_t *call);
 void mx_api_backup_keys_delete(mx_call_t *call);

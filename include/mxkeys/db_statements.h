@@ -10,7 +10,7 @@ typedef enum en_mx_stmt_id_t {
 #include "mxkeys/sql/core.def"
 #include "mxkeys/sql/keys.def"
 #include "mxkeys/sql/cross_signing.def"
-#include "mxkeys/sql/room_keys.def"
+#include "mxkeys/sql/backup.def"
 #include "mxkeys/sql/sidecar.def"
 #include "mxkeys/sql/devices.def"
 #undef MX_STMT

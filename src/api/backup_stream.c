@@ -10,7 +10,7 @@
  *
  * Pages are separate transactions: sessions written during a long read may or may not appear, each session itself
  * is always whole and each appears at most once (the keyset position only moves forward). */
-#include "mxkeys/room_keys_stream.h"
+#include "mxkeys/backup_stream.h"
 #include <stdio.h>
 #include <string.h>
 #include "mxkeys/canonical_json.h"

@@ -1,12 +1,12 @@
 /* /room_keys/keys[/{roomId}[/{sessionId}]]?version=V: backed-up sessions at three levels (all rooms, one room, one
  * session). Writes and deletes are one SQL function call each, which keeps etag and count exact; whole-backup and
- * whole-room reads are streamed (room_keys_stream.c). */
+ * whole-room reads are streamed (backup_stream.c). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/api.h"
-#include "mxkeys/room_keys.h"
-#include "mxkeys/room_keys_stream.h"
+#include "mxkeys/backup_common.h"
+#include "mxkeys/backup_stream.h"
 
 /* ---- PUT ------------------------------------------------------------------------------------------------------- */
 

@@ -5,7 +5,7 @@ const mx_stmt_def_t mx_stmt_defs[MX_STMT__COUNT] = {
 #include "mxkeys/sql/core.def"
 #include "mxkeys/sql/keys.def"
 #include "mxkeys/sql/cross_signing.def"
-#include "mxkeys/sql/room_keys.def"
+#include "mxkeys/sql/backup.def"
 #include "mxkeys/sql/sidecar.def"
 #include "mxkeys/sql/devices.def"
 #undef MX_STMT

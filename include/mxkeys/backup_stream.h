@@ -1,11 +1,11 @@
 /* Reads of backed-up sessions: the whole backup or one room streamed page by page, and the KeyBackupData writer. */
-#ifndef MXKEYS_ROOM_KEYS_STREAM_H
-#define MXKEYS_ROOM_KEYS_STREAM_H
+#ifndef MXKEYS_BACKUP_STREAM_H
+#define MXKEYS_BACKUP_STREAM_H
 
 #include "mxkeys/buf.h"
 #include "mxkeys/call.h"
 
-/* Columns of the BACKUP_PAGE_* and BACKUP_SESSION statements (include/mxkeys/sql/room_keys.def). */
+/* Columns of the BACKUP_PAGE_* and BACKUP_SESSION statements (include/mxkeys/sql/backup.def). */
 enum {
     MX_BACKUP_COL_ROOM,
     MX_BACKUP_COL_SESSION,

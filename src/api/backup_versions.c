@@ -5,7 +5,7 @@
 #include "mxkeys/api.h"
 #include "mxkeys/base64.h"
 #include "mxkeys/canonical_json.h"
-#include "mxkeys/room_keys.h"
+#include "mxkeys/backup_common.h"
 
 #define CURVE25519_KEY_BYTES 32
 

@@ -1,4 +1,4 @@
-#include "mxkeys/room_keys.h"
+#include "mxkeys/backup_common.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

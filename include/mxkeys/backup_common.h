@@ -1,13 +1,13 @@
 /* Shared pieces of the key-backup endpoints: the known algorithms, version numbers, KeyBackupData checks. */
-#ifndef MXKEYS_ROOM_KEYS_H
-#define MXKEYS_ROOM_KEYS_H
+#ifndef MXKEYS_BACKUP_COMMON_H
+#define MXKEYS_BACKUP_COMMON_H
 
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include "mxkeys/call.h"
 
-/** True for a backup algorithm strict mode accepts (the list lives in room_keys_common.c). */
+/** True for a backup algorithm strict mode accepts (the list lives in backup_common.c). */
 bool mx_backup_algorithm_known(const char *algorithm);
 /** Parses a version number ("1".."999999999999999999"); -1 for anything else (which is 404 M_NOT_FOUND). */
 int64_t mx_backup_parse_version(const char *s);
