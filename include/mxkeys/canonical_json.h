@@ -15,12 +15,6 @@
 void mx_json_escape(mx_buf_t *out, const char *s, size_t len);
 
 /**
- * Parses request text strictly: duplicate keys, invalid UTF-8, NUL in strings and trailing garbage are refused.
- * Returns a new reference or NULL with a one-line reason in `why` (at least 160 bytes).
- */
-json_t *mx_json_parse(const char *text, size_t len, char *why, size_t whylen);
-
-/**
  * Appends the canonical encoding of `value` to `out`. Returns 0, or -1 when the value cannot be encoded canonically
  * (a float, an integer outside +-(2^53-1)), with `*why` set to a static reason. On failure `out` may hold a partial
  * encoding: callers reset it.

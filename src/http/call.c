@@ -7,6 +7,7 @@
 #include <time.h>
 #include "mxkeys/auth.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/request_checks.h"

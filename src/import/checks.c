@@ -4,6 +4,7 @@
 #include <string.h>
 #include "internal.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 #include "mxkeys/signed_json.h"
 
 json_t *imp_parse(const char *text, char *why, size_t whylen)

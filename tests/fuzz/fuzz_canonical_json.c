@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 #include "mxkeys/utf8.h"
 
 #define REQUIRE(c)                                                                                                     \

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 #include "mxkeys/keys_validate.h"
 #include "mxkeys/signed_json.h"
 

@@ -12,7 +12,8 @@ SECONDS_EACH=${2:-$([ "$MODE" = long ] && echo 3600 || echo 5)}
 OUT=build-fuzz
 TARGETS=(canonical_json signed_json base64 router config utf8)
 SOURCES=(src/core/buf.c src/core/errors.c src/core/reason.c src/core/log.c src/core/config.c src/core/utf8.c
-         src/crypto/base64.c src/crypto/canonical_json.c src/crypto/signed_json.c src/http/router.c
+         src/core/matrix_ids.c
+         src/crypto/base64.c src/crypto/canonical_json.c src/crypto/json_parse.c src/crypto/signed_json.c src/http/router.c
          src/api/keys_validate.c)
 CC=${CC_FUZZ:-clang}
 FLAGS=(-g -O1 -std=c11 -D_GNU_SOURCE -DH2O_USE_LIBUV=0 -Iinclude -fsanitize=fuzzer,address,undefined

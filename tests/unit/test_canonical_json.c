@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include "check.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 
 static const char *vectors = "vectors";
 

@@ -7,6 +7,7 @@
 #include "check.h"
 #include "mxkeys/base64.h"
 #include "mxkeys/canonical_json.h"
+#include "mxkeys/json_parse.h"
 #include "mxkeys/signed_json.h"
 
 static const char *vectors = "vectors";
