@@ -14,6 +14,9 @@
  * read again from the connection's input buffer, where it stays until the response is done.
  */
 bool mx_http_framing_ok(h2o_req_t *req, const char **why);
+/** Decodes the %-escapes of `s[0..len)` into `out` (room for len bytes; not NUL-terminated), '+' as a space when
+ * `plus_is_space` (query strings). Returns the decoded length, or -1 for a malformed escape. */
+long mx_http_percent_decode(const char *s, size_t len, char *out, bool plus_is_space);
 /** Query string: false when a name or value has a malformed %-escape, or decodes to bytes that are not UTF-8 or hold
  * a NUL. */
 bool mx_http_query_ok(h2o_req_t *req, const char **why);

@@ -48,24 +48,11 @@ static void on_call_dispose(void *p)
 /* Percent-decodes into pool memory; returns NULL on a malformed escape or an embedded NUL. */
 static char *percent_decode(h2o_mem_pool_t *pool, const char *s, size_t len, bool plus_is_space)
 {
-    char *out = h2o_mem_alloc_pool(pool, len + 1), *o = out;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%') {
-            int hi, lo;
-            if (i + 2 >= len || (hi = mx_hex_digit(s[i + 1])) < 0 || (lo = mx_hex_digit(s[i + 2])) < 0)
-                return NULL;
-            char c = (char)(hi * 16 + lo);
-            if (c == '\0')
-                return NULL;
-            *o++ = c;
-            i += 2;
-        } else if (s[i] == '+' && plus_is_space) {
-            *o++ = ' ';
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
+    char *out = h2o_mem_alloc_pool(pool, len + 1);
+    long n = mx_http_percent_decode(s, len, out, plus_is_space);
+    if (n < 0 || memchr(out, '\0', (size_t)n) != NULL)
+        return NULL;
+    out[n] = '\0';
     return out;
 }
 

@@ -64,8 +64,7 @@ bool mx_http_framing_ok(h2o_req_t *req, const char **why)
     return true;
 }
 
-/* Decodes one %-escaped component into `out` (at least len bytes); returns the decoded length or -1. */
-static long decode(const char *s, size_t len, char *out)
+long mx_http_percent_decode(const char *s, size_t len, char *out, bool plus_is_space)
 {
     size_t n = 0;
     for (size_t i = 0; i < len; i++) {
@@ -76,7 +75,7 @@ static long decode(const char *s, size_t len, char *out)
             out[n++] = (char)(hi * 16 + lo);
             i += 2;
         } else {
-            out[n++] = s[i] == '+' ? ' ' : s[i];
+            out[n++] = plus_is_space && s[i] == '+' ? ' ' : s[i];
         }
     }
     return (long)n;
@@ -91,7 +90,7 @@ bool mx_http_query_ok(h2o_req_t *req, const char **why)
     while (p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *pend = amp ? amp : end;
-        long n = decode(p, (size_t)(pend - p), tmp);
+        long n = mx_http_percent_decode(p, (size_t)(pend - p), tmp, true);
         if (n < 0) {
             *why = "malformed percent-encoding in the query string";
             return false;
