@@ -4,13 +4,16 @@
 #                                       on a scratch copy of its seed corpus; exit 1 on any crash
 #   tests/fuzz/run.sh long [seconds]    run each target for `seconds` (default 3600) into build-fuzz/corpus/<target>,
 #                                       printing executions and coverage; crashes land in build-fuzz/crashes/
+#   FUZZ_TARGETS="router utf8" tests/fuzz/run.sh long 600   only those targets (e.g. two long runs side by side)
+#   FUZZ_TIMEOUT=60 ...                 seconds one input may take before it counts as a hang (default 10; more for a
+#                                       long run on a busy machine, where a starved process trips 10 s)
 # A crash found by a long run becomes a regression input: copy it into tests/fuzz/regressions/<target>/.
 set -euo pipefail
 cd "$(dirname "$(readlink -f "$0")")/../.."
 MODE=${1:-ci}
 SECONDS_EACH=${2:-$([ "$MODE" = long ] && echo 3600 || echo 5)}
 OUT=build-fuzz
-TARGETS=(canonical_json signed_json base64 router config utf8)
+TARGETS=(${FUZZ_TARGETS:-canonical_json signed_json base64 router config utf8})
 SOURCES=(src/core/buf.c src/core/errors.c src/core/reason.c src/core/log.c src/core/config.c src/core/utf8.c
          src/crypto/base64.c src/crypto/canonical_json.c src/crypto/signed_json.c src/http/router.c
          src/api/keys_validate.c)
@@ -41,7 +44,7 @@ for t in "${TARGETS[@]}"; do
         work=$(mktemp -d "$OUT/ci-$t.XXXXXX")
     fi
     log="$OUT/$t.$MODE.log"
-    if "$exe" -max_total_time="$SECONDS_EACH" -max_len=4096 -timeout=10 -rss_limit_mb=1024 \
+    if "$exe" -max_total_time="$SECONDS_EACH" -max_len=4096 -timeout="${FUZZ_TIMEOUT:-10}" -rss_limit_mb=1024 \
         -artifact_prefix="$OUT/crashes-$t-" "$work" "$seeds" >"$log" 2>&1; then
         stats=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1 || true)
         echo "fuzz_$t: ok in ${SECONDS_EACH}s: ${stats}"
