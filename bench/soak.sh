@@ -6,7 +6,7 @@
 # Reports mxkeysd's RSS over time and the error counts by kind (status and errcode). Bench, not CI.
 #
 #   bench/soak.sh [--duration S] [--rate R] [--connections N] [--fault-every S] [--users U] [--devices D]
-#                 [--otks N] [--out DIR] [--keep]
+#                 [--otks N] [--upload-pool N] [--out DIR] [--keep]
 #
 # Defaults: an hour at 30 requests/s over 8 connections, a fault every 60 s. Environment: MXKEYSD and MXKEYS_BENCH
 # (binaries; else built in MXKEYS_BUILD_DIR, default ./build), PG_BIN (PostgreSQL 15's bin directory).
@@ -25,6 +25,7 @@ FAULT_EVERY=60
 USERS=25
 DEVICES=2
 OTKS=400
+UPLOAD_POOL=2000
 OUT=
 KEEP=0
 while [ $# -gt 0 ]; do
@@ -36,6 +37,7 @@ while [ $# -gt 0 ]; do
     --users) USERS=$2; shift 2 ;;
     --devices) DEVICES=$2; shift 2 ;;
     --otks) OTKS=$2; shift 2 ;;
+    --upload-pool) UPLOAD_POOL=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -118,7 +120,7 @@ say "set-up ($USERS users x $DEVICES devices, $OTKS one-time keys each), then ${
     --scenario "$MIX" --rate "$RATE" --connections "$CONNECTIONS" --threads 1 --setup-threads 2 \
     --duration "$DURATION" --warmup 0 --timeout 15 \
     --users "$USERS" --devices "$DEVICES" --otks "$OTKS" --query-users 10 \
-    --upload-otks 10 --upload-pool 2000 --sessions 20 --backup-sessions 200 --blob-pool 4 \
+    --upload-otks 10 --upload-pool "$UPLOAD_POOL" --sessions 20 --backup-sessions 200 --blob-pool 4 \
     --no-progress --ledger "$LEDGER" --json "$OUT/bench.json" >"$OUT/bench.txt" 2>"$OUT/bench.err" &
 BENCH_PID=$!
 PIDS+=("$BENCH_PID")
@@ -150,7 +152,7 @@ while kill -0 "$BENCH_PID" 2>/dev/null; do
         kill -0 "$BENCH_PID" 2>/dev/null || break 2
         sleep 1
     done
-    [ $(($(date +%s) - T0)) -lt "$((DURATION - 5))" ] || break # none in the last seconds: the end check needs a live database
+    [ $(($(date +%s) - T0)) -lt "$((DURATION - 2))" ] || break # none in the last seconds: the end check needs a live database
     n=$((n + 1))
     if [ $((n % 2)) = 1 ]; then
         start=$(date +%s.%N)
@@ -175,6 +177,12 @@ status=0
 "$PY" "$HERE/soak_check.py" "$LEDGER" "$DB" --json "$OUT/check.json" >/dev/null 2>"$OUT/check.err" || status=$?
 cat "$OUT/check.err" >&2
 [ -s "$OUT/check.json" ] || { echo "soak.sh: the check did not run" >&2; exit 1; }
+# The check must be able to fail: one made-up acknowledged key that was never stored has to count as lost.
+{ cat "$LEDGER"; printf 'U\t@soak-canary:localhost\tNODEV\tsigned_curve25519:CANARY\n'; } >"$TMP/canary.tsv"
+if "$PY" "$HERE/soak_check.py" "$TMP/canary.tsv" "$DB" >/dev/null 2>&1; then
+    echo "soak.sh: the end check missed a made-up lost write" >&2
+    status=1
+fi
 
 # ---- summary --------------------------------------------------------------------------------------------------
 "$PY" - "$OUT" "$DURATION" "$RATE" "$CONNECTIONS" "$FAULT_EVERY" >"$OUT/summary.md" <<'PYEOF'
