@@ -1,4 +1,5 @@
 #include "engine.h"
+#include "ledger.h"
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -33,7 +34,8 @@ typedef struct st_conn_t {
     bench_resp_t resp;
     bench_scenario_t sc;
     int note;
-    uint64_t start_ns; /* latency origin: when the request was due (open) or sent (closed) */
+    const char *user_id; /* the sender, when the ledger needs it */
+    uint64_t start_ns;   /* latency origin: when the request was due (open) or sent (closed) */
     uint64_t sent_ns;
     uint64_t retry_at;
 } conn_t;
@@ -257,7 +259,7 @@ static void dispatch(conn_t *c, uint64_t start, uint64_t now)
         drop_idle(c);
     c->sc = bench_pick(e->o, &th->rng);
     mx_buf_reset(&c->out);
-    bench_scenario_build(e->ctx, c->sc, &th->rng, &c->out, &th->scratch, &c->note);
+    bench_scenario_build(e->ctx, c->sc, &th->rng, &c->out, &th->scratch, &c->note, &c->user_id);
     c->out_off = 0;
     c->start_ns = start;
     c->sent_ns = now;
@@ -298,9 +300,12 @@ static void complete(conn_t *c, uint64_t now)
     char key[96], detail[200];
     atomic_fetch_add_explicit(&th->done, 1, memory_order_relaxed);
     if (bench_scenario_check(c->sc, c->resp.status, c->resp.body.data, c->resp.body.len, &note, key, sizeof(key),
-                             detail, sizeof(detail)) == 0)
+                             detail, sizeof(detail)) == 0) {
         record_ok(th, c, now, note);
-    else
+        /* Every acknowledged write, warm-up and drain included: the checker must see all of them. */
+        bench_ledger_record(th->eng->ctx->ledger, c->sc, c->user_id, c->out.data, c->out.len, c->resp.body.data,
+                            c->resp.body.len);
+    } else
         record_error(th, (int)c->sc, key, detail, now);
     th->busy--;
     c->state = C_IDLE; /* not yet on the idle list */

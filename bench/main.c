@@ -9,6 +9,7 @@
 #include <time.h>
 #include <unistd.h>
 #include "engine.h"
+#include "ledger.h"
 #include "plot.h"
 #include "report.h"
 #include "setup.h"
@@ -137,7 +138,16 @@ int main(int argc, char **argv)
         fail("", err);
         goto done;
     }
-    if (bench_engine_run(&ctx, progress, &res, err, sizeof(err)) != 0) {
+    if (o.ledger_out != NULL && (ctx.ledger = bench_ledger_open(o.ledger_out, err, sizeof(err))) == NULL) {
+        fail("", err);
+        goto done;
+    }
+    int ran = bench_engine_run(&ctx, progress, &res, err, sizeof(err));
+    int ledger_bad = bench_ledger_close(ctx.ledger) != 0;
+    if (ledger_bad)
+        fprintf(stderr, "mxkeys-bench: the ledger %s is incomplete\n", o.ledger_out);
+    ctx.ledger = NULL;
+    if (ran != 0) {
         fail("load", err);
         goto done;
     }
@@ -147,7 +157,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "mxkeys-bench: %s\n", err);
     bench_report_print(stdout, &ctx, &res);
     fflush(stdout);
-    status = o.check && res.unexpected > 0 ? 1 : 0;
+    status = ledger_bad ? 2 : o.check && res.unexpected > 0 ? 1 : 0;
     if (o.json_out != NULL && bench_report_json(o.json_out, &ctx, &res) != 0) {
         fprintf(stderr, "mxkeys-bench: cannot write %s\n", o.json_out);
         status = 2;

@@ -65,6 +65,7 @@ static const char usage[] =
     "\n"
     "output\n"
     "  --json FILE  --csv FILE  --plot PREFIX (PREFIX-timeline.png, PREFIX-cdf.png via gnuplot)\n"
+    "  --ledger FILE  one line per acknowledged upload key, backup session and claimed key (bench/soak_check.py)\n"
     "  --pgbench-out DIR      write DIR/vars for bench/pgbench/*.sql (-D name=value per line)\n"
     "  --check                exit 1 when any unexpected error happened\n"
     "  --no-progress          no live progress line even on a terminal\n"
@@ -153,6 +154,7 @@ enum {
     O_SETUPTHREADS,
     O_SETUPONLY,
     O_JSON,
+    O_LEDGER,
     O_CSV,
     O_PLOT,
     O_PGBENCH,
@@ -192,6 +194,7 @@ static const struct option longopts[] = {
     {"setup-threads", required_argument, NULL, O_SETUPTHREADS},
     {"setup-only", no_argument, NULL, O_SETUPONLY},
     {"json", required_argument, NULL, O_JSON},
+    {"ledger", required_argument, NULL, O_LEDGER},
     {"csv", required_argument, NULL, O_CSV},
     {"plot", required_argument, NULL, O_PLOT},
     {"pgbench-out", required_argument, NULL, O_PGBENCH},
@@ -281,6 +284,9 @@ int bench_options_parse(bench_options_t *o, int argc, char **argv, char *err, si
             break;
         case O_JSON:
             o->json_out = optarg;
+            break;
+        case O_LEDGER:
+            o->ledger_out = optarg;
             break;
         case O_CSV:
             o->csv_out = optarg;

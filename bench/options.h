@@ -41,7 +41,7 @@ typedef struct st_bench_options_t {
     unsigned upload_otks, upload_pool, otk_cap;
     unsigned sessions, backup_sessions, blob_pool;
 
-    const char *json_out, *csv_out, *plot_prefix, *pgbench_out;
+    const char *json_out, *csv_out, *plot_prefix, *pgbench_out, *ledger_out;
     bool check, setup_only, progress;
     bool implicit_mix; /* --setup-only without --scenario: prepare what can be prepared, skip what the server refuses */
     uint64_t seed;

@@ -166,11 +166,12 @@ static size_t backup_user(const bench_ctx_t *ctx, uint64_t *rng, const bench_dev
 }
 
 void bench_scenario_build(bench_ctx_t *ctx, bench_scenario_t sc, uint64_t *rng, mx_buf_t *req, mx_buf_t *scratch,
-                          int *note)
+                          int *note, const char **user_id)
 {
     const bench_target_t *t = ctx->target;
     const bench_population_t *pop = ctx->pop;
     *note = -1;
+    *user_id = NULL;
     mx_buf_reset(scratch);
     switch (sc) {
     case SC_UPLOAD: {
@@ -223,6 +224,7 @@ void bench_scenario_build(bench_ctx_t *ctx, bench_scenario_t sc, uint64_t *rng, 
         size_t w = (size_t)(atomic_fetch_add_explicit(&ctx->backup_window[u], 1, memory_order_relaxed) % windows);
         int64_t index = atomic_fetch_sub_explicit(&ctx->next_index, 1, memory_order_relaxed);
         bench_backup_body(ctx, u, w * per, w * per + per, index, scratch);
+        *user_id = pop->users[u].user_id;
         /* The path goes after the body's NUL in the same buffer: both are read once all appends are done. */
         size_t body_len = scratch->len;
         mx_buf_putc(scratch, '\0');

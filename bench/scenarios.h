@@ -37,6 +37,7 @@ typedef struct st_bench_ctx_t {
     char **xsign_bodies;
     size_t *xsign_lens, *xsign_device, nxsign; /* xsign_device: the signer's device whose token sends it */
     int *xsign_kind;                           /* a note: a self-signed own device, or another user's master key */
+    struct st_bench_ledger_t *ledger;          /* --ledger: acknowledged writes and handed-out keys, or NULL */
 } bench_ctx_t;
 
 /** Fills the parts of `ctx` the scenarios share (session ids, cursors). The caller sets opts/target/pop first. */
@@ -64,10 +65,11 @@ uint64_t bench_rand(uint64_t *state);
 bench_scenario_t bench_pick(const bench_options_t *o, uint64_t *rng);
 /**
  * Appends one complete HTTP request for `sc` to `req` (using `scratch` for the body). `*note` may be set at build
- * time (upload: fresh or repeated body); -1 otherwise.
+ * time (upload: fresh or repeated body); -1 otherwise. `*user_id` is set to the sending user where the ledger needs
+ * it (a backup PUT), NULL otherwise.
  */
 void bench_scenario_build(bench_ctx_t *ctx, bench_scenario_t sc, uint64_t *rng, mx_buf_t *req, mx_buf_t *scratch,
-                          int *note);
+                          int *note, const char **user_id);
 /**
  * Judges an answer. Returns 0 when it is what the scenario expects (and may set `*note`), or -1 with a short key
  * for the error table ("500 M_UNKNOWN", "200 without one_time_keys") in `key` and the start of the body in `detail`.

@@ -6,6 +6,7 @@
  * Ordering is that of identity writes (mxkeys/identity_mirror.h): while the homeserver decides, queries about the
  * user wait, so a device it removes is gone from mxkeys' answers by the time it announces the removal, and a device
  * it keeps (the first, user-interactive-auth 401 of a deletion; a refusal) never disappears, not even briefly. */
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,7 +65,7 @@ static void on_removed(mx_call_t *call, PGresult **results, size_t n)
         mx_hs_pass(call, &r->answer);
         return;
     }
-    __atomic_fetch_add(&call->worker->server->removal_retries, 1, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&call->worker->server->removal_retries, 1, memory_order_relaxed);
     if (++r->tries < REMOVAL_TRIES) {
         mx_warn("%s: the homeserver removed the device(s) of %s, mxkeys' removal failed; retrying", call->route->name,
                 call->user_id);
@@ -72,7 +73,7 @@ static void on_removed(mx_call_t *call, PGresult **results, size_t n)
         mx_call_later(call, remove_keys);
         return;
     }
-    __atomic_fetch_add(&call->worker->server->removal_failures, 1, __ATOMIC_RELAXED);
+    atomic_fetch_add_explicit(&call->worker->server->removal_failures, 1, memory_order_relaxed);
     mx_error("%s: the homeserver removed the device(s) of %s, but mxkeys could not remove their keys",
              call->route->name, call->user_id);
     mx_call_error_extra(call, MX_ERR_UNAVAILABLE, "\"retry_after_ms\":1000",

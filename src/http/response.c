@@ -6,10 +6,9 @@
 #include <string.h>
 #include <time.h>
 #include "http_internal.h"
-#include "mxkeys/json_writer.h"
+#include "mxkeys/error_body.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
-#include "mxkeys/utf8.h"
 
 uint64_t mx_http_now_ns(void)
 {
@@ -94,29 +93,6 @@ static void account(h2o_req_t *req, mx_worker_t *w, size_t route, const char *ro
     }
 }
 
-static void build_error(mx_buf_t *out, const char *errcode, const char *extra, const char *msg)
-{
-    mx_jw_t jw;
-    mx_jw_init(&jw, out);
-    mx_jw_object_begin(&jw);
-    mx_jw_key(&jw, "errcode");
-    mx_jw_string(&jw, errcode);
-    mx_jw_key(&jw, "error");
-    /* Messages can quote what a client sent, and vsnprintf can cut a character in two: always valid UTF-8. */
-    mx_buf_t text = MX_BUF_INIT;
-    mx_utf8_sanitize(&text, msg, strlen(msg));
-    mx_jw_stringn(&jw, text.data ? text.data : "", text.len);
-    mx_buf_free(&text);
-    mx_jw_object_end(&jw);
-    if (extra != NULL && *extra != '\0') {
-        /* splice the extra members before the closing brace */
-        out->len--;
-        mx_buf_putc(out, ',');
-        mx_buf_puts(out, extra);
-        mx_buf_putc(out, '}');
-    }
-}
-
 /* ---- calls ----------------------------------------------------------------------------------------------------- */
 
 void mx_call_respond_status(mx_call_t *call, int status, const char *json, size_t len)
@@ -174,7 +150,7 @@ static void call_error_v(mx_call_t *call, mx_err_t err, const char *extra, const
     char msg[1024];
     vsnprintf(msg, sizeof(msg), fmt, ap);
     mx_buf_t *buf = req_buf(call->req);
-    build_error(buf, mx_err_code(err), extra, msg);
+    mx_error_body(buf, mx_err_code(err), extra, msg);
     mx_call_respond_buf(call, mx_err_status(err), buf);
 }
 
@@ -200,7 +176,7 @@ void mx_http_respond_plain_error(h2o_req_t *req, mx_worker_t *w, size_t route, m
                                  unsigned allow)
 {
     mx_buf_t *buf = req_buf(req);
-    build_error(buf, mx_err_code(err), NULL, msg);
+    mx_error_body(buf, mx_err_code(err), NULL, msg);
     if (allow != 0) {
         char value[64];
         mx_method_allow_str(allow, value, sizeof(value));
@@ -295,7 +271,7 @@ static void on_error_send(h2o_ostream_t *self, h2o_req_t *req, h2o_iovec_t *bufs
             snprintf(msg, sizeof(msg), "%s", reason_phrase(status));
     }
     mx_buf_t *buf = req_buf(req);
-    build_error(buf, status == 413 ? mx_err_code(MX_ERR_TOO_LARGE) : "M_UNKNOWN", NULL, msg);
+    mx_error_body(buf, status == 413 ? mx_err_code(MX_ERR_TOO_LARGE) : "M_UNKNOWN", NULL, msg);
     ssize_t ct = h2o_find_header(&req->res.headers, H2O_TOKEN_CONTENT_TYPE, -1);
     if (ct >= 0)
         req->res.headers.entries[ct].value = h2o_iovec_init(H2O_STRLIT("application/json"));
