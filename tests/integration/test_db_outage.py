@@ -4,7 +4,7 @@ import time
 
 import pytest
 import requests
-from conftest import Postgres, assert_error, wait_ready
+from conftest import Postgres, assert_error
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,7 @@ def own_pg():
 @pytest.fixture(scope="module")
 def server(start_server, own_pg):
     """Shadows the session's server: this one's database is own_pg. Stopped before its cluster is destroyed."""
-    srv = wait_ready(start_server(database_url=own_pg.conninfo, admin_token="admintest"))
+    srv = start_server(database_url=own_pg.conninfo, admin_token="admintest")  # started: every worker ready
     yield srv
     srv.stop()
 
