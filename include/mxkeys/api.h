@@ -27,7 +27,7 @@ void mx_api_federation_claim_unstable(mx_call_t *call);
 /** Appends the federation figures to /metrics (nothing when federation is off). */
 void mx_api_federation_metrics(const mx_server_t *server, mx_buf_t *out);
 
-/* cross_signing.c */
+/* xsign.c: cross-signing */
 void mx_api_device_signing_upload(mx_call_t *call);
 void mx_api_signatures_upload(mx_call_t *call);
 

@@ -9,7 +9,7 @@ typedef enum en_mx_stmt_id_t {
 #define MX_STMT(id, sql) MX_STMT_##id,
 #include "mxkeys/sql/core.def"
 #include "mxkeys/sql/keys.def"
-#include "mxkeys/sql/cross_signing.def"
+#include "mxkeys/sql/xsign.def"
 #include "mxkeys/sql/backup.def"
 #include "mxkeys/sql/sidecar.def"
 #include "mxkeys/sql/devices.def"

@@ -223,14 +223,8 @@ BEGIN
             xsign_owned := false;
             CONTINUE;
         END IF;
-        IF FOUND THEN
-            -- as a replacement upload does: signatures on the old key, and made by it, are void
-            DELETE FROM cross_signatures WHERE target_user = p_user AND target_key_id = old.public_key;
-            DELETE FROM cross_signatures WHERE signer_user = p_user AND signer_key_id = 'ed25519:' || old.public_key;
-        END IF;
-        INSERT INTO cross_signing_keys (user_id, usage, public_key, key_json)
-        VALUES (p_user, k.usage, k.public_key, k.key_json)
-        ON CONFLICT (user_id, usage) DO UPDATE SET public_key = EXCLUDED.public_key, key_json = EXCLUDED.key_json;
+        PERFORM mx_xsign_set_current(p_user, k.usage, CASE WHEN FOUND THEN old.public_key END, k.public_key,
+                                     k.key_json); -- as a replacement upload does
         PERFORM mx_import_count('cross_signing_keys', 'written', '', 1);
         xsign_left := xsign_left || jsonb_build_object(k.usage, k.public_key);
         IF reimport THEN

@@ -26,6 +26,10 @@ ALG = "m.megolm_backup.v1.curve25519-aes-sha2"
 # The functions changed on purpose since the frozen copy, with why; every other definition is byte for byte the one
 # before.
 CHANGED_ON_PURPOSE = {
+    "mx_xsign_upload(p_user text, p_keys jsonb, p_expect_master text)":
+        "a new current key through mx_xsign_set_current, the rule it shares with the import",
+    "mx_import_begin(p_user text, p_doc jsonb)":
+        "a new current cross-signing key through mx_xsign_set_current, as an upload does",
     "mx_identity_begin(p_users text[], p_ttl_ms integer)":
         "a comment in its body: why the marker's asynchronous commit loses nothing across a failover (issue 13)",
     "mx_backup_put(p_user text, p_version bigint, p_rooms jsonb)":
@@ -34,6 +38,7 @@ CHANGED_ON_PURPOSE = {
     "mx_keys_query(p_viewer text, p_wanted jsonb)": "the visibility rule of signatures is mx_signature_visible",
 }
 ADDED_ON_PURPOSE = {
+    "mx_xsign_set_current(p_user text, p_usage text, p_old_public_key text, p_public_key text, p_key_json jsonb)",
     "mx_backup_session_is_better(new backup_sessions, old backup_sessions)",
     "mx_client_error(status integer, errcode text, message text, extra jsonb)",
     "mx_signature_visible(p_viewer text, p_signer text, p_owner text)",

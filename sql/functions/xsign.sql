@@ -35,6 +35,21 @@ LANGUAGE sql STABLE AS $$
                        WHERE user_id = p_user AND device_id IN (SELECT jsonb_array_elements_text(p_public_keys))))
 $$;
 
+-- The rule of a new current key for a usage, shared by uploads and the import: signatures on the key it replaces
+-- (p_old_public_key; NULL when there was none), and those made by that key, are void; then the new key is current.
+-- History and device-list announcements are the caller's.
+CREATE OR REPLACE FUNCTION mx_xsign_set_current(p_user text, p_usage text, p_old_public_key text, p_public_key text,
+                                                p_key_json jsonb) RETURNS void
+LANGUAGE sql AS $$
+    DELETE FROM cross_signatures
+    WHERE p_old_public_key IS NOT NULL AND target_user = p_user AND target_key_id = p_old_public_key;
+    DELETE FROM cross_signatures
+    WHERE p_old_public_key IS NOT NULL AND signer_user = p_user AND signer_key_id = 'ed25519:' || p_old_public_key;
+    INSERT INTO cross_signing_keys (user_id, usage, public_key, key_json)
+    VALUES (p_user, p_usage, p_public_key, p_key_json)
+    ON CONFLICT (user_id, usage) DO UPDATE SET public_key = EXCLUDED.public_key, key_json = EXCLUDED.key_json;
+$$;
+
 -- POST /keys/device_signing/upload, after the server checked shapes, signatures and the replacement policy.
 -- p_keys: {"master": key_json, "self_signing": ..., "user_signing": ...} (any subset). p_expect_master: the master
 -- public key the checks were made against (NULL: none was stored); if it changed since, nothing is written.
@@ -59,14 +74,8 @@ BEGIN
         IF FOUND AND old.key_json = k.key_json THEN
             CONTINUE;
         END IF;
-        IF FOUND THEN
-            -- signatures on the old key, and made by it, are void
-            DELETE FROM cross_signatures WHERE target_user = p_user AND target_key_id = old.public_key;
-            DELETE FROM cross_signatures WHERE signer_user = p_user AND signer_key_id = 'ed25519:' || old.public_key;
-        END IF;
-        INSERT INTO cross_signing_keys (user_id, usage, public_key, key_json)
-        VALUES (p_user, k.usage, k.public_key, k.key_json)
-        ON CONFLICT (user_id, usage) DO UPDATE SET public_key = EXCLUDED.public_key, key_json = EXCLUDED.key_json;
+        PERFORM mx_xsign_set_current(p_user, k.usage, CASE WHEN FOUND THEN old.public_key END, k.public_key,
+                                     k.key_json);
         INSERT INTO cross_signing_keys_history (user_id, usage, public_key, key_json)
         VALUES (p_user, k.usage, k.public_key, k.key_json);
         -- master and self-signing keys concern everyone who shares a room with the user; user-signing only them
