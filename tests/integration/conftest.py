@@ -84,17 +84,7 @@ class Postgres:
                 "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
                 "include 'port.conf'\n"
             )
-        # The free port can be taken by another process before the postmaster binds it: then try another one.
-        for attempt in range(3):
-            self.port = free_port()
-            with open(os.path.join(self.data, "port.conf"), "w") as f:
-                f.write(f"port = {self.port}\n")
-            try:
-                self.start()
-                break
-            except AssertionError:
-                if attempt == 2 or "could not bind" not in self.log_text():
-                    raise
+        self.start_on_free_port()
         self._run([f"{PG_BIN}/createdb", "-h", self.dir, "-p", str(self.port), "-U", "mxkeys", "mxkeys"])
         self.conninfo = f"host=127.0.0.1 port={self.port} user=mxkeys dbname=mxkeys"
 
@@ -113,6 +103,20 @@ class Postgres:
                 return f.read()
         except OSError:
             return ""
+
+    def start_on_free_port(self):
+        """Starts the cluster on a free port (written to port.conf). The port can be taken by another process before
+        the postmaster binds it: then another one is tried."""
+        for attempt in range(3):
+            self.port = free_port()
+            with open(os.path.join(self.data, "port.conf"), "w") as f:
+                f.write(f"port = {self.port}\n")
+            try:
+                self.start()
+                return
+            except AssertionError:
+                if attempt == 2 or "could not bind" not in self.log_text():
+                    raise
 
     def start(self):
         """Starts the cluster (again): same data dir, same port."""

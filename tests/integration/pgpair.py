@@ -18,7 +18,7 @@ import signal
 import tempfile
 import time
 
-from conftest import PG_BIN, Postgres, free_port
+from conftest import PG_BIN, Postgres
 from pgfaults import cluster_pids
 
 
@@ -43,16 +43,7 @@ class Standby(Postgres):
         # The copy carries the primary's settings: give the standby its own socket directory and port.
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write(f"unix_socket_directories = '{self.dir}'\n")
-        for attempt in range(3):
-            self.port = free_port()
-            with open(os.path.join(self.data, "port.conf"), "w") as f:
-                f.write(f"port = {self.port}\n")
-            try:
-                self.start()
-                break
-            except AssertionError:
-                if attempt == 2 or "could not bind" not in self.log_text():
-                    raise
+        self.start_on_free_port()
         self.conninfo = f"host=127.0.0.1 port={self.port} user=mxkeys dbname=mxkeys"
 
     def promote(self):
