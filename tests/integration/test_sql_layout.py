@@ -37,11 +37,17 @@ CHANGED_ON_PURPOSE = {
     "mx_client_error(status integer, errcode text, message text)": "calls the form with extra members",
     "mx_keys_query(p_viewer text, p_wanted jsonb)": "the visibility rule of signatures is mx_signature_visible",
 }
+# Schema objects (pg_dump names) added since: the query cache's feed (issue 15), attached by its function file.
+SCHEMA_ADDED_ON_PURPOSE = {f"{t} {t}_query_cache_feed; Type: TRIGGER; Schema: public"
+                           for t in ("device_keys", "cross_signing_keys", "cross_signatures", "identity_writes_pending")}
 ADDED_ON_PURPOSE = {
     "mx_xsign_set_current(p_user text, p_usage text, p_old_public_key text, p_public_key text, p_key_json jsonb)",
     "mx_backup_session_is_better(new backup_sessions, old backup_sessions)",
     "mx_client_error(status integer, errcode text, message text, extra jsonb)",
     "mx_signature_visible(p_viewer text, p_signer text, p_owner text)",
+    "mx_keys_query_parts(p_wanted jsonb, p_settle boolean)",
+    "mx_query_cache_notify_user()",
+    "mx_query_cache_notify_target()",
 }
 
 
@@ -85,6 +91,7 @@ class Database:
             header, _, body = part.partition("\n")
             key = re.sub(r"; Owner: .*$", "", header)
             if "; Type: FUNCTION;" not in key:
+                body = body.split("\n--\n-- PostgreSQL database dump complete")[0]  # the dump's epilogue
                 objects[key] = body.strip("-\n ")
         return objects
 
@@ -179,6 +186,8 @@ def test_new_layout_builds_the_schema_and_functions_of_the_migrations_before_14(
     bookkeeping = "schema_migrations; Type: TABLE; Schema: public"
     assert "sha256 text" in new_schema.pop(bookkeeping) and "sha256" not in old_schema.pop(bookkeeping)
     assert len(old_schema) > 40, "the dump was cut into its objects"
+    added = {k: new_schema.pop(k, None) for k in SCHEMA_ADDED_ON_PURPOSE}
+    assert all(added.values()), f"listed as added but missing: {[k for k, v in added.items() if not v]}"
     assert old_schema == new_schema, differences(old_schema, new_schema)
 
     old_fns, new_fns = old.functions(), fresh.functions()
