@@ -18,8 +18,8 @@
 -- The stored parts of the answers about p_wanted's users (a JSON object keyed by user id, the values ignored), one
 -- row per key and view: kind 'd' (a device: item its id, item_json the id as JSON text, body the device's JSON with
 -- `unsigned`), 'm', 's', 'u' (master, self-signing, user-signing key: item its public key); signer '' for the view
--- anyone has, else the one signer who sees this variant. Ordered so that each user's rows, and each key's views,
--- are contiguous. With p_settle (beside a homeserver) and an identity write of one of the users in flight, only one
+-- anyone has, else the one signer who sees this variant. Ordered by user id in byte order, each key's views
+-- together. With p_settle (beside a homeserver) and an identity write of one of the users in flight, only one
 -- row instead: kind 'w', body the milliseconds to wait (mx_identity_pending_ms), as KEYS_QUERY_SETTLED does.
 -- STABLE: everything reads the calling statement's snapshot.
 CREATE OR REPLACE FUNCTION mx_keys_query_parts(p_wanted jsonb, p_settle boolean)
@@ -57,12 +57,14 @@ BEGIN
                    AND mx_signature_visible(CASE WHEN v.viewer = '' THEN v.target_user ELSE v.viewer END,
                                             s.signer_user, s.target_user)
         GROUP BY v.target_user, v.target_key_id, v.viewer)
-    SELECT dk.user_id, 'd'::text, dk.device_id, to_json(dk.device_id)::text, COALESCE(v.viewer, ''),
+    SELECT p.u, p.k, p.i, p.ij, p.s, p.b FROM (
+    SELECT dk.user_id AS u, 'd'::text AS k, dk.device_id AS i, to_json(dk.device_id)::text AS ij,
+           COALESCE(v.viewer, '') AS s,
            mx_json_with_member(
                CASE WHEN e.extra IS NULL THEN dk.keys_text ELSE mx_merge_signatures(dk.keys_json, e.extra)::text END,
                'unsigned',
                CASE WHEN dk.display_name IS NULL THEN '{}'
-                    ELSE '{"device_display_name": ' || to_json(dk.display_name)::text || '}' END)
+                    ELSE '{"device_display_name": ' || to_json(dk.display_name)::text || '}' END) AS b
     FROM wanted w
     JOIN device_keys dk ON dk.user_id = w.user_id
     LEFT JOIN views v ON v.target_user = dk.user_id AND v.target_key_id = dk.device_id
@@ -75,7 +77,9 @@ BEGIN
     JOIN cross_signing_keys k ON k.user_id = w.user_id
     LEFT JOIN views v ON v.target_user = k.user_id AND v.target_key_id = k.public_key
     LEFT JOIN extra e ON e.target_user = k.user_id AND e.target_key_id = k.public_key AND e.viewer = v.viewer
-    ORDER BY 1, 2, 3, 5;
+    ) p
+    -- "C": byte order, the order the server walks its own sorted list of users in (src/api/keys_query_cache.c)
+    ORDER BY p.u COLLATE "C", p.k COLLATE "C", p.i COLLATE "C", p.s COLLATE "C";
 END $$;
 
 -- The feed, for tables keyed by user_id (device_keys, cross_signing_keys, identity_writes_pending). NOTIFY folds

@@ -65,6 +65,12 @@ static mx_qc_entry_t *entry_for(mx_call_t *call, const wanted_user_t *w)
     return mx_qc_entry_new(w->user, w->len, quoted->data, quoted->len);
 }
 
+/* Byte order of user ids (PostgreSQL's COLLATE "C"): user ids hold no NUL. */
+static int by_user(const void *a, const void *b)
+{
+    return strcmp((*(wanted_user_t *const *)a)->user, (*(wanted_user_t *const *)b)->user);
+}
+
 /* Rows of mx_keys_query_parts: user_id, kind, item, item_json, signer, body; each user's rows contiguous. */
 enum { C_USER, C_KIND, C_ITEM, C_ITEM_JSON, C_SIGNER, C_BODY };
 
@@ -80,25 +86,25 @@ static void on_parts(mx_call_t *call, PGresult **results, size_t n)
         mx_call_later(call, run); /* an identity write of one of these users is in flight: ask again shortly */
         return;
     }
+    /* The misses in byte order, the rows' order: one walk over both. */
+    wanted_user_t **misses = mx_call_alloc(call, cq->nusers * sizeof(*misses));
+    size_t nmisses = 0;
+    for (size_t i = 0; i < cq->nusers; i++)
+        if (!cq->users[i].hit)
+            misses[nmisses++] = &cq->users[i];
+    qsort(misses, nmisses, sizeof(*misses), by_user);
     int row = 0;
-    for (size_t i = 0; i < cq->nusers; i++) {
-        wanted_user_t *w = &cq->users[i];
-        if (w->hit)
-            continue;
+    for (size_t i = 0; i < nmisses; i++) {
+        wanted_user_t *w = misses[i];
         mx_qc_entry_t *e = entry_for(call, w);
         if (e == NULL) {
             mx_call_error(call, MX_ERR_INTERNAL, "out of memory");
             return;
         }
-        /* Rows are ordered by user id, in the database's collation: find this user's run wherever it is. */
-        for (row = 0; row < nrows; row++)
-            if ((size_t)PQgetlength(res, row, C_USER) == w->len &&
-                memcmp(PQgetvalue(res, row, C_USER), w->user, w->len) == 0)
-                break;
+        while (row < nrows && strcmp(PQgetvalue(res, row, C_USER), w->user) < 0)
+            row++; /* not asked about: cannot happen, but never a reason to misplace the rest */
         bool ok = true;
-        for (; ok && row < nrows && (size_t)PQgetlength(res, row, C_USER) == w->len &&
-               memcmp(PQgetvalue(res, row, C_USER), w->user, w->len) == 0;
-             row++)
+        for (; ok && row < nrows && strcmp(PQgetvalue(res, row, C_USER), w->user) == 0; row++)
             ok = mx_qc_entry_add(e, PQgetvalue(res, row, C_KIND)[0], PQgetvalue(res, row, C_ITEM),
                                  (size_t)PQgetlength(res, row, C_ITEM), PQgetvalue(res, row, C_ITEM_JSON),
                                  (size_t)PQgetlength(res, row, C_ITEM_JSON), PQgetvalue(res, row, C_SIGNER),
