@@ -8,7 +8,7 @@
  *  - Writes made elsewhere (another instance, the import, psql) arrive through the change feed
  *    (include/mxkeys/query_cache_feed.h), NOTIFY at commit.
  *  - A fill races with both: a reader takes a ticket (mx_query_cache_begin_fill) before it sends its statement, and
- *    the entry is stored only if no forget of that user, and no clear, came in between. Since any change the
+ *    the entry is stored only if no forget of that user, and no clear, came in between (the first such fill wins). Since any change the
  *    statement's snapshot missed commits after the ticket, its forget comes after the ticket too, and voids it.
  *  - While the feed cannot prove itself live (its connection lost, or silent past --query-cache-max-lag-ms) the cache
  *    is not used at all, and it is emptied before it is used again: changes made meanwhile may have been missed.
@@ -64,8 +64,9 @@ void mx_query_cache_clear(mx_query_cache_t *qc);
 /** A reader about to fetch `user_id`'s parts: returns the ticket to pass to mx_query_cache_end_fill (0: the cache is
  * not live, do not fill). */
 uint64_t mx_query_cache_begin_fill(mx_query_cache_t *qc, const char *user_id, size_t len);
-/** Stores `entry` under its user if `ticket` is still valid (no forget or clear since): returns true and the cache
- * owns it; else false and the caller still owns it. */
+/** Stores `entry` under its user if `ticket` is still valid (no forget or clear since it was taken) and no other
+ * fill finished first: returns true and the cache owns it; else false and the caller still owns it. Concurrent
+ * readers of one user never void each other: the first to finish is stored. */
 bool mx_query_cache_end_fill(mx_query_cache_t *qc, uint64_t ticket, mx_qc_entry_t *entry);
 
 /** Writes the cached parts of `user_id` as `viewer` sees them into `out` (devices: a JSON array of device ids, or

@@ -1,6 +1,6 @@
 /* The /keys/query cache's store (include/mxkeys/query_cache.h says what it guarantees and how): a hash table of
  * users with a least-recently-used list through it, under one mutex. An entry is either a user's parts (ready) or a
- * placeholder holding the ticket of the fill in flight. */
+ * placeholder for the fills in flight, made after the user's last forget. */
 #include "mxkeys/query_cache.h"
 #include <assert.h>
 #include <pthread.h>
@@ -21,7 +21,7 @@ struct st_mx_qc_entry_t {
     mx_qc_entry_t *hnext;       /* hash chain */
     mx_qc_entry_t *prev, *next; /* LRU list, most recent first */
     uint64_t hash;
-    uint64_t ticket; /* a placeholder's fill; 0 once ready */
+    uint64_t born; /* a placeholder's: the ticket count when it was made (after its user's last forget) */
     bool ready;
     size_t bytes; /* what it counts against the bound */
     uint32_t user_len, user_json, user_json_len;
@@ -421,19 +421,14 @@ uint64_t mx_query_cache_begin_fill(mx_query_cache_t *qc, const char *user_id, si
     if (!is_live(qc))
         goto done;
     ticket = qc->next_ticket++;
-    mx_qc_entry_t *e = *slot_of(qc, hash, user_id, len);
-    if (e != NULL) {
-        /* A placeholder left by a fill that never finished (its request failed) is taken over; a ready entry stays,
-         * and this ticket can never be redeemed. */
-        if (!e->ready)
-            e->ticket = ticket;
-        goto done;
-    }
-    if ((e = mx_qc_entry_new(user_id, len, "", 0)) == NULL) {
+    if (*slot_of(qc, hash, user_id, len) != NULL)
+        goto done; /* a placeholder made before this ticket, after the last forget: the ticket is good for it */
+    mx_qc_entry_t *e = mx_qc_entry_new(user_id, len, "", 0);
+    if (e == NULL) {
         ticket = 0;
         goto done;
     }
-    e->ticket = ticket;
+    e->born = ticket;
     entry_seal(e);
     insert(qc, e);
 done:
@@ -448,11 +443,13 @@ bool mx_query_cache_end_fill(mx_query_cache_t *qc, uint64_t ticket, mx_qc_entry_
     entry_seal(entry);
     pthread_mutex_lock(&qc->mu);
     mx_qc_entry_t **slot = slot_of(qc, entry->hash, entry->text, entry->user_len);
+    /* The placeholder was made after the user's last forget (a forget removes it), so a ticket taken since it was
+     * made is one no forget came after: the first such fill to finish is stored. A ready entry stays (it is at
+     * least as new); a placeholder newer than the ticket means a forget came in between. */
     bool stored = false;
-    if (is_live(qc) && *slot != NULL && !(*slot)->ready && (*slot)->ticket == ticket && entry->bytes <= qc->max_bytes) {
+    if (is_live(qc) && *slot != NULL && !(*slot)->ready && ticket >= (*slot)->born && entry->bytes <= qc->max_bytes) {
         drop_at(qc, slot);
         entry->ready = true;
-        entry->ticket = 0;
         insert(qc, entry);
         stored = true;
         qc->counts.fills_stored++;

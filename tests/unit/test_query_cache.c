@@ -125,12 +125,29 @@ static void test_tickets(void)
     CHECK(!mx_query_cache_end_fill(qc, t, e));
     mx_qc_entry_free(e);
 
-    /* a second reader takes over an abandoned placeholder; the first one's ticket is void */
+    /* concurrent readers of one user: the first to finish is stored, the other's fill is simply not needed */
     uint64_t first = mx_query_cache_begin_fill(qc, "@a:x", 4);
     uint64_t second = mx_query_cache_begin_fill(qc, "@a:x", 4);
     e = alice();
-    CHECK(!mx_query_cache_end_fill(qc, first, e));
     CHECK(mx_query_cache_end_fill(qc, second, e));
+    e = alice();
+    CHECK(!mx_query_cache_end_fill(qc, first, e));
+    mx_qc_entry_free(e);
+    CHECK(cached(qc, "@a:x"));
+    /* an abandoned fill (its request failed) does not stop the next reader */
+    mx_query_cache_forget(qc, "@a:x", 4);
+    (void)mx_query_cache_begin_fill(qc, "@a:x", 4); /* never finished */
+    t = mx_query_cache_begin_fill(qc, "@a:x", 4);
+    e = alice();
+    CHECK(mx_query_cache_end_fill(qc, t, e));
+    /* a ticket taken before a forget is void even when a newer placeholder exists by the time it finishes */
+    mx_query_cache_forget(qc, "@a:x", 4);
+    uint64_t stale = mx_query_cache_begin_fill(qc, "@a:x", 4);
+    mx_query_cache_forget(qc, "@a:x", 4);
+    uint64_t fresh = mx_query_cache_begin_fill(qc, "@a:x", 4);
+    e = alice();
+    CHECK(!mx_query_cache_end_fill(qc, stale, e));
+    CHECK(mx_query_cache_end_fill(qc, fresh, e));
     /* a ready entry is never replaced by a fill that started after it was stored */
     t = mx_query_cache_begin_fill(qc, "@a:x", 4);
     e = alice();
