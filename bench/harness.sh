@@ -143,3 +143,15 @@ harness_claim_topup() {
 
 # harness_json FILE EXPR: evaluates EXPR with d = the JSON document.
 harness_json() { $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
+
+# harness_mint USER DEVICE: a local access token for the device (printed; never logged).
+harness_mint() {
+    "$MXKEYSD" token create --user "$1" --device "$2" --database-url "$DB" 2>/dev/null
+}
+
+# harness_cache_flags BYTES [MAX_LAG_MS]: the query-cache flags when this mxkeysd has the cache, else nothing.
+harness_cache_flags() {
+    if harness_has_query_cache; then
+        echo "--query-cache-bytes $1${2:+ --query-cache-max-lag-ms $2}"
+    fi
+}
