@@ -44,8 +44,9 @@ struct st_mx_call_t {
     void (*_later_cb)(mx_call_t *call);
     uint64_t _started_ns;
     int _status;
-    bool _streaming; /* a streamed response has started: failures abort it instead of answering */
-    bool _db_quiet;  /* mx_call_db_quiet: an unavailable database is the callback's to handle */
+    bool _streaming;                       /* a streamed response has started: failures abort it instead of answering */
+    bool _db_quiet;                        /* mx_call_db_quiet: an unavailable database is the callback's to handle */
+    struct st_mx_call_changed_t *_changed; /* users the job in flight may change: forgotten from the query cache */
 };
 
 /** Request-lifetime memory. */

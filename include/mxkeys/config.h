@@ -22,6 +22,9 @@ typedef struct st_mx_config_t {
     unsigned db_connections; /* per worker */
     unsigned db_queue_depth; /* in-flight queries per worker before 503 */
     unsigned db_timeout_ms;  /* deadline of every database job and connect attempt */
+    /* /keys/query cache (include/mxkeys/query_cache.h) */
+    size_t query_cache_bytes;        /* 0: off */
+    unsigned query_cache_max_lag_ms; /* answers from memory only while the change feed is this fresh */
     /* workers and limits */
     unsigned workers;
     size_t max_body_bytes;

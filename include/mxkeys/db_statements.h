@@ -25,4 +25,10 @@ typedef struct st_mx_stmt_def_t {
 /** The statement table, indexed by mx_stmt_id_t. */
 extern const mx_stmt_def_t mx_stmt_defs[MX_STMT__COUNT];
 
+/** Calls `cb` with each user whose /keys/query answer the statement (id, parameter values) may change once it commits:
+ * what a write made through this process forgets from the query cache before its client is answered
+ * (src/db/stmt_changes.c lists them; the database's own feed, sql/functions/query_cache.sql, covers every writer). */
+void mx_stmt_changed_users(int id, const char *const *values, int nvalues,
+                           void (*cb)(void *ctx, const char *user, size_t len), void *ctx);
+
 #endif

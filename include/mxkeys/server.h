@@ -19,6 +19,8 @@ struct st_mx_offload_pool_t;
 struct st_mx_upstream_t;
 struct st_mx_revocations_t;
 struct st_mx_server_keys_t;
+struct st_mx_query_cache_t;
+struct st_mx_query_cache_feed_t;
 
 typedef struct st_mx_worker_t {
     unsigned index;
@@ -53,6 +55,8 @@ typedef struct st_mx_server_t {
     unsigned nworkers;
     struct st_mx_offload_pool_t *offload;    /* threads for CPU-heavy work (signature checks), shared by the workers */
     struct st_mx_revocations_t *revocations; /* tokens revoked through mxkeys, shared by the workers */
+    struct st_mx_query_cache_t *query_cache; /* /keys/query answers, shared by the workers; NULL: off */
+    struct st_mx_query_cache_feed_t *query_cache_feed; /* ... and the thread that keeps it exact */
     atomic_bool stopping;
     _Atomic unsigned long long removal_retries;  /* device removals retried after the homeserver's success */
     _Atomic unsigned long long removal_failures; /* ... that failed every retry */

@@ -8,6 +8,7 @@
 #include "mxkeys/api.h"
 #include "mxkeys/identity_mirror.h"
 #include "mxkeys/json_splice.h"
+#include "mxkeys/keys_query_cache.h"
 #include "mxkeys/keys_remote.h"
 #include "mxkeys/keys_validate.h"
 
@@ -16,6 +17,7 @@ static const char *const merged_maps[] = {"device_keys", "master_keys", "self_si
 #define NMAPS 4
 
 typedef struct st_query_t {
+    mx_cached_query_t *cached; /* first: the cache's state (include/mxkeys/keys_query_cache.h) */
     mx_buf_t *failures;        /* the failures object, already encoded (standalone) */
     const char *wanted;        /* local users asked about, JSON text */
     const char *remote;        /* other servers' users, JSON text, or NULL */
@@ -93,9 +95,19 @@ static void on_queried(mx_call_t *call, PGresult **results, size_t n)
     maybe_respond(call);
 }
 
+static void on_cached(mx_call_t *call, const char *answer, size_t len)
+{
+    query_t *q = call->data;
+    q->local = answer;
+    q->local_len = len;
+    maybe_respond(call);
+}
+
 static void query_local(mx_call_t *call)
 {
     query_t *q = call->data;
+    if (mx_keys_query_cached(call, q->wanted, on_cached))
+        return;
     const char *params[2] = {call->user_id, q->wanted};
     mx_db_stmt_t stmt = {.id = mx_mirror_enabled(call) ? MX_STMT_KEYS_QUERY_SETTLED : MX_STMT_KEYS_QUERY,
                          .nparams = 2,

@@ -24,6 +24,7 @@ typedef enum en_setting_kind_t {
     KIND_POSITIVE,    /* unsigned >= 1 */
     KIND_NONNEGATIVE, /* unsigned >= 0 */
     KIND_SIZE,        /* size_t >= 1 */
+    KIND_SIZE_OR_OFF, /* size_t >= 0 (0: the feature is off) */
     KIND_AUTH,
     KIND_URL,
     KIND_LOG_LEVEL,
@@ -55,6 +56,12 @@ static const setting_t settings[] = {
     {"db-timeout-ms", KIND_POSITIVE, FIELD(db_timeout_ms), "5000",
      "deadline of every database query and connect attempt; past it the request gets 503 and the connection is "
      "re-established (/_mxkeys/ready: at most 1000)"},
+    {"query-cache-bytes", KIND_SIZE_OR_OFF, FIELD(query_cache_bytes), "67108864",
+     "memory for /keys/query answers kept per process (device and cross-signing keys by user, least recently used "
+     "dropped first); 0: every query reads the database"},
+    {"query-cache-max-lag-ms", KIND_POSITIVE, FIELD(query_cache_max_lag_ms), "1000",
+     "the cache answers only while its change feed (LISTEN) has proven live within this bound: the most a write "
+     "made through another instance can stay unseen"},
     {"max-body-bytes", KIND_SIZE, FIELD(max_body_bytes), "1048576", "largest accepted request body"},
     {"max-keys-per-request", KIND_POSITIVE, FIELD(max_keys_per_request), "10000",
      "most map entries accepted in one request body"},
@@ -100,6 +107,8 @@ void mx_config_defaults(mx_config_t *cfg)
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     cfg->workers = cores > 0 ? (unsigned)cores : 1;
     cfg->max_body_bytes = 1048576;
+    cfg->query_cache_bytes = 64 << 20;
+    cfg->query_cache_max_lag_ms = 1000;
     cfg->max_keys_per_request = 10000;
     cfg->max_otks_per_device = 500;
     cfg->auth_mode = MX_AUTH_LOCAL;
@@ -261,6 +270,11 @@ static int apply(mx_config_t *cfg, const setting_t *s, const char *source, const
     case KIND_SIZE:
         if (parse_unsigned(v, SIZE_MAX, &n) != 0 || n == 0)
             return mx_fail(err, errlen, "%s: expected a positive integer (bytes), got \"%s\"", source, v);
+        *(size_t *)field = (size_t)n;
+        return 0;
+    case KIND_SIZE_OR_OFF:
+        if (parse_unsigned(v, SIZE_MAX, &n) != 0)
+            return mx_fail(err, errlen, "%s: expected a number of bytes (0: off), got \"%s\"", source, v);
         *(size_t *)field = (size_t)n;
         return 0;
     case KIND_AUTH:

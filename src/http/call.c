@@ -10,6 +10,8 @@
 #include "mxkeys/json_parse.h"
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
+#include "mxkeys/query_cache.h"
+#include "mxkeys/db_statements.h"
 #include "mxkeys/request_checks.h"
 #include "mxkeys/utf8.h"
 
@@ -128,10 +130,49 @@ static void db_unavailable(mx_call_t *call, mx_db_status_t status)
         mx_call_error_extra(call, MX_ERR_UNAVAILABLE, DB_RETRY_AFTER, "the database is unavailable; try again shortly");
 }
 
+/* ---- the query cache's read-your-writes ------------------------------------------------------------------------- */
+
+struct st_mx_call_changed_t {
+    struct st_mx_call_changed_t *next;
+    const char *user;
+    size_t len;
+};
+
+static void note_changed(void *ctx, const char *user, size_t len)
+{
+    mx_call_t *call = ctx;
+    struct st_mx_call_changed_t *c = mx_call_alloc(call, sizeof(*c));
+    c->user = mx_call_strdup(call, user, len);
+    c->len = len;
+    c->next = call->_changed;
+    call->_changed = c;
+}
+
+/* Before a job is sent: the users whose query answers it may change (copied: the statements' arrays are the
+ * caller's, often on its stack). */
+static void note_changes(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts)
+{
+    call->_changed = NULL;
+    if (call->worker->server->query_cache == NULL)
+        return;
+    for (size_t i = 0; i < nstmts; i++)
+        mx_stmt_changed_users((int)stmts[i].id, stmts[i].values, stmts[i].nparams, note_changed, call);
+}
+
+/* When the job is over, whatever its outcome (a write that timed out may still commit): forgotten before anyone is
+ * answered, so the next query on any worker reads the database. */
+static void forget_changes(mx_call_t *call)
+{
+    for (struct st_mx_call_changed_t *c = call->_changed; c != NULL; c = c->next)
+        mx_query_cache_forget(call->worker->server->query_cache, c->user, c->len);
+    call->_changed = NULL;
+}
+
 static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, size_t nresults)
 {
     mx_call_t *call = owner;
     call->_job = NULL;
+    forget_changes(call);
     if (status != MX_DB_OK && call->_db_quiet) {
         call->_db_quiet = false;
         call->_db_cb(call, NULL, 0);
@@ -148,6 +189,7 @@ static void on_call_db(void *owner, mx_db_status_t status, PGresult **results, s
 int mx_call_db(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, mx_call_db_cb cb)
 {
     call->_db_cb = cb;
+    note_changes(call, stmts, nstmts);
     switch (mx_db_submit(call->worker->db, stmts, nstmts, on_call_db, call, &call->_job)) {
     case MX_DB_OK:
         return 0;
@@ -189,6 +231,7 @@ int mx_call_db_quiet(mx_call_t *call, const mx_db_stmt_t *stmts, size_t nstmts, 
 {
     call->_db_cb = cb;
     call->_db_quiet = true;
+    note_changes(call, stmts, nstmts);
     if (mx_db_submit(call->worker->db, stmts, nstmts, on_call_db, call, &call->_job) != MX_DB_OK) {
         call->_db_quiet = false;
         return -1;

@@ -18,6 +18,7 @@
 #include "mxkeys/log.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/notify.h"
+#include "mxkeys/query_cache_feed.h"
 #include "mxkeys/server_keys.h"
 #include "mxkeys/upstream.h"
 #include "mxkeys/revocations.h"
@@ -261,6 +262,12 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
     server->offload = mx_offload_pool_new(server->nworkers);
     if (cfg->auth_mode == MX_AUTH_HOMESERVER)
         server->revocations = mx_revocations_new(cfg->token_cache_ms + 60000);
+    if (cfg->query_cache_bytes > 0) {
+        server->query_cache = mx_query_cache_new(cfg->query_cache_bytes);
+        if (server->query_cache == NULL || (server->query_cache_feed = mx_query_cache_feed_start(
+                                                server->query_cache, conninfo, cfg->query_cache_max_lag_ms)) == NULL)
+            return -1;
+    }
     if (server->workers == NULL || server->offload == NULL ||
         (cfg->auth_mode == MX_AUTH_HOMESERVER && server->revocations == NULL))
         return -1;
@@ -299,6 +306,8 @@ int mx_server_run(mx_server_t *server, const char *conninfo)
         mx_upstream_free(w->homeserver);
     }
     mx_offload_pool_free(server->offload);
+    mx_query_cache_feed_stop(server->query_cache_feed);
+    mx_query_cache_free(server->query_cache);
     return 0;
 }
 

@@ -6,6 +6,7 @@
 #include "mxkeys/db.h"
 #include "mxkeys/metrics.h"
 #include "mxkeys/offload.h"
+#include "mxkeys/query_cache_feed.h"
 #include "mxkeys/upstream.h"
 
 void mx_server_metrics_render(const mx_server_t *server, mx_buf_t *out)
@@ -76,6 +77,49 @@ void mx_server_metrics_render(const mx_server_t *server, mx_buf_t *out)
                       "mxkeys_device_removals_failed_total %llu\n",
                       __atomic_load_n(&server->removal_retries, __ATOMIC_RELAXED),
                       __atomic_load_n(&server->removal_failures, __ATOMIC_RELAXED));
+    }
+    if (server->query_cache != NULL) {
+        mx_query_cache_stats_t qc;
+        mx_query_cache_feed_stats_t feed;
+        mx_query_cache_stats(server->query_cache, &qc);
+        mx_query_cache_feed_stats(server->query_cache_feed, &feed);
+        mx_buf_printf(out,
+                      "# HELP mxkeys_query_cache_hits_total Users of /keys/query answers written from the cache.\n"
+                      "# TYPE mxkeys_query_cache_hits_total counter\n"
+                      "mxkeys_query_cache_hits_total %llu\n"
+                      "# HELP mxkeys_query_cache_misses_total Users of /keys/query answers read from the database.\n"
+                      "# TYPE mxkeys_query_cache_misses_total counter\n"
+                      "mxkeys_query_cache_misses_total %llu\n"
+                      "# HELP mxkeys_query_cache_evictions_total Users dropped to stay within --query-cache-bytes.\n"
+                      "# TYPE mxkeys_query_cache_evictions_total counter\n"
+                      "mxkeys_query_cache_evictions_total %llu\n"
+                      "# HELP mxkeys_query_cache_forgets_total Users forgotten because their keys changed.\n"
+                      "# TYPE mxkeys_query_cache_forgets_total counter\n"
+                      "mxkeys_query_cache_forgets_total %llu\n"
+                      "# HELP mxkeys_query_cache_fills_total Answers read from the database offered to the cache, by "
+                      "outcome (voided: the user changed while it was read).\n"
+                      "# TYPE mxkeys_query_cache_fills_total counter\n"
+                      "mxkeys_query_cache_fills_total{outcome=\"stored\"} %llu\n"
+                      "mxkeys_query_cache_fills_total{outcome=\"voided\"} %llu\n"
+                      "# HELP mxkeys_query_cache_bytes Memory the cache holds, of --query-cache-bytes.\n"
+                      "# TYPE mxkeys_query_cache_bytes gauge\n"
+                      "mxkeys_query_cache_bytes %zu\n"
+                      "mxkeys_query_cache_max_bytes %zu\n"
+                      "# HELP mxkeys_query_cache_users Users cached (fills in flight included).\n"
+                      "# TYPE mxkeys_query_cache_users gauge\n"
+                      "mxkeys_query_cache_users %zu\n"
+                      "# HELP mxkeys_query_cache_live 1 while the change feed proves the cache exact, else 0 (every "
+                      "query reads the database).\n"
+                      "# TYPE mxkeys_query_cache_live gauge\n"
+                      "mxkeys_query_cache_live %d\n"
+                      "# HELP mxkeys_query_cache_feed_total Change feed events: users heard of, connections made, "
+                      "connections lost or late.\n"
+                      "# TYPE mxkeys_query_cache_feed_total counter\n"
+                      "mxkeys_query_cache_feed_total{event=\"notification\"} %llu\n"
+                      "mxkeys_query_cache_feed_total{event=\"connect\"} %llu\n"
+                      "mxkeys_query_cache_feed_total{event=\"loss\"} %llu\n",
+                      qc.hits, qc.misses, qc.evictions, qc.forgets, qc.fills_stored, qc.fills_voided, qc.bytes,
+                      qc.max_bytes, qc.users, qc.live ? 1 : 0, feed.notifications, feed.connects, feed.losses);
     }
     mx_buf_printf(out, "# HELP mxkeys_workers Worker threads.\n# TYPE mxkeys_workers gauge\nmxkeys_workers %u\n",
                   server->nworkers);
