@@ -3,7 +3,7 @@
 # users"). Starts one mxkeysd with --query-cache-bytes B on a throwaway PostgreSQL cluster (fsync off: durability is
 # not what is measured here, and the population is 100,000 commits), creates U users with one device each (device
 # keys uploaded through mxkeysd, signed), queries every user twice in batches, and prints after each phase the
-# cache's bytes, users, hits, misses and evictions from /_mxkeys/metrics and mxkeysd's VmRSS and VmHWM from /proc.
+# cache's bytes, users, hits, misses and evictions from /metrics and mxkeysd's VmRSS and VmHWM from /proc.
 # Exit status 1 when the cache reports more bytes than its bound. Results in bench/results/cache-rss-<time>/.
 #
 #   bench/cache_rss.sh [--users U] [--query-cache-bytes B] [--batch N] [--threads N] [--max-seconds S]

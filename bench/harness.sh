@@ -27,7 +27,8 @@ harness_tools() {
 
 # True when this mxkeysd has the /keys/query cache (item 1 of issue 15): older builds reject its flags.
 harness_has_query_cache() {
-    "$MXKEYSD" --help 2>&1 | grep -q -- --query-cache-bytes
+    # (not a pipe into grep -q: under pipefail, mxkeysd's SIGPIPE would read as "no")
+    grep -q -- --query-cache-bytes <<<"$("$MXKEYSD" --help 2>&1)"
 }
 
 HARNESS_TMP=
@@ -125,7 +126,7 @@ harness_mint_command() {
 
 # harness_metric URL NAME: the value of one Prometheus metric (summed over its label sets), or "n/a".
 harness_metric() {
-    curl -fs "$1/_mxkeys/metrics" 2>/dev/null |
+    curl -fs "$1/metrics" 2>/dev/null |
         awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 } END { if (f) printf "%.0f\n", s; else print "n/a" }'
 }
 

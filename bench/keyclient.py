@@ -102,9 +102,11 @@ def metrics(url):
     """Prometheus metrics of an mxkeysd as {name: value summed over label sets}."""
     c = Conn(url)
     try:
-        c.send("GET", "/_mxkeys/metrics")
+        c.send("GET", "/metrics")
         r = c.c.getresponse()
         text = r.read().decode()
+        if r.status != 200:
+            raise RuntimeError("GET %s/metrics answered %d" % (url, r.status))
     finally:
         c.close()
     out = {}

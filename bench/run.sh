@@ -148,7 +148,7 @@ fi
 QUERY_CACHE=
 case " $SCENARIOS " in
 *" query "*)
-    if "$MXKEYSD" --help 2>&1 | grep -q -- --query-cache-bytes; then
+    if grep -q -- --query-cache-bytes <<<"$("$MXKEYSD" --help 2>&1)"; then
         QUERY_CACHE=1
         [ -z "$QUERY_CACHE_BYTES" ] || SERVE+=(--query-cache-bytes "$QUERY_CACHE_BYTES")
     else
@@ -205,7 +205,7 @@ if [ -n "$QUERY_CACHE" ]; then
 fi
 # metric NAME: one Prometheus metric of the cached instance (summed over label sets; 0 when absent).
 metric() {
-    curl -fs "$URL/_mxkeys/metrics" 2>/dev/null |
+    curl -fs "$URL/metrics" 2>/dev/null |
         awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
 }
 # hit_ratio HITS0 MISSES0: the cache's hit ratio since those counter readings.
@@ -232,7 +232,8 @@ import statistics, sys
 out = []
 for arg in sys.argv[1:]:
     v = [float(x) for x in arg.split() if x not in ("n/a", "nan")]
-    out.append(("%.3f" % statistics.median(v)).rstrip("0").rstrip(".") if v else "n/a")
+    m = statistics.median(v) if v else None
+    out.append("n/a" if m is None else "%.3f" % m if abs(m) < 10 else "%.1f" % m)
 print(" ".join(out))
 MEDIAN
 }
