@@ -7,7 +7,7 @@
 # Exit status 1 when the cache reports more bytes than its bound. Results in bench/results/cache-rss-<time>/.
 #
 #   bench/cache_rss.sh [--users U] [--query-cache-bytes B] [--batch N] [--threads N] [--max-seconds S]
-#                      [--workers N] [--mxkeysd-args "..."] [--keep]
+#                      [--workers N] [--mxkeysd-args "..."] [--out DIR] [--keep]
 #
 # Defaults: 100,000 users, the cache's default bound (67108864), 100 users per query, 8 client threads, each phase
 # bounded by 300 s (a few minutes in all on two cores). With --query-cache-bytes 0, or an mxkeysd without the cache,
@@ -23,6 +23,7 @@ MAX_SECONDS=300
 WORKERS=2
 MXARGS=
 KEEP=0
+OUT=
 while [ $# -gt 0 ]; do
     case "$1" in
     --users) USERS=$2; shift 2 ;;
@@ -33,13 +34,14 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --mxkeysd-args) MXARGS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "cache_rss.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 
 harness_tools
-RESULTS=$HARNESS_HERE/results/cache-rss-$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=${OUT:-$HARNESS_HERE/results/cache-rss-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 harness_init cache-rss
 harness_pg_start fast
@@ -54,8 +56,9 @@ fi
 harness_mxkeysd main --workers "$WORKERS" $CACHE $MXARGS
 say "mxkeysd pid $MX_PID on $MX_URL ${CACHE:-(no query cache)}; $USERS users, $BATCH per query"
 {
-    echo "Query cache memory, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; mxkeysd --workers $WORKERS ${CACHE:-(no query cache)}"
-    echo "${MXARGS:+$MXARGS }on PostgreSQL 15; $USERS users x 1 device, $BATCH users per /keys/query, $THREADS client threads."
+    echo "Query cache memory, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores; mxkeysd --workers $WORKERS"
+    echo "${CACHE:-(no query cache)} ${MXARGS:+$MXARGS }on PostgreSQL 15; $USERS users x 1 device, $BATCH users per"
+    echo "/keys/query, $THREADS client threads."
     echo
     $PY "$HARNESS_HERE/cache_population.py" --url "$MX_URL" --pid "$MX_PID" --db "$DB" --users "$USERS" \
         --batch "$BATCH" --threads "$THREADS" --max-seconds "$MAX_SECONDS" "${BOUND[@]}"

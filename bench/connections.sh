@@ -6,13 +6,13 @@
 #
 #   bench/connections.sh [--db-connections "1 2 4 8"] [--concurrency "1 4 16 64"] [--scenarios "claim upload
 #                        backup-put query"] [--duration S] [--warmup S] [--workers N] [--users U] [--devices D]
-#                        [--mxkeysd-args "..."] [--quick] [--keep]
+#                        [--mxkeysd-args "..."] [--quick] [--out DIR] [--keep]
 #
 # Defaults: 3 s measured + 1 s warm-up per cell, 64 cells: about 10 minutes with set-up, a third of it making fresh
 # signed upload bodies (1,000 per upload cell; uploads beyond them repeat a body, and the cell says how many).
-# --quick: --db-connections "1 4", --concurrency "1 16", 2 s per cell (a smoke check, about a minute). Every mxkeysd listens on 127.0.0.1;
-# everything started is stopped by pid on exit. Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default
-# ./build).
+# --quick: --db-connections "1 4", --concurrency "1 16", 2 s per cell (a smoke check, about a minute). Every
+# mxkeysd listens on 127.0.0.1; everything started is stopped by pid on exit. --keep keeps the temp dir (cluster).
+# Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
@@ -26,6 +26,7 @@ USERS=50
 DEVICES=5
 MXARGS=
 KEEP=0
+OUT=
 while [ $# -gt 0 ]; do
     case "$1" in
     --db-connections) CONNS=$2; shift 2 ;;
@@ -39,6 +40,7 @@ while [ $# -gt 0 ]; do
     --mxkeysd-args) MXARGS=$2; shift 2 ;;
     --quick) CONNS="1 4"; CONCS="1 16"; DURATION=2; WARMUP=0.5; shift ;;
     --keep) KEEP=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "connections.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -48,7 +50,7 @@ for sc in $SCENARIOS; do
 done
 
 harness_tools
-RESULTS=$HARNESS_HERE/results/connections-$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=${OUT:-$HARNESS_HERE/results/connections-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 harness_init connections
 harness_pg_start durable
@@ -78,14 +80,14 @@ for nc in $CONNS; do
             extra=()
             case "$sc" in
             # enough one-time keys that no claim of the cell falls back to the (cheaper) fallback key
-            claim) harness_claim_topup "$STATE" $(( $($PY -c "import math; print(math.ceil(8000 * ($DURATION + $WARMUP)))") / (USERS * DEVICES) + 20 )) ;;
+            claim) harness_claim_topup "$STATE" "$($PY -c "print(int(8000 * ($DURATION + $WARMUP) / ($USERS * $DEVICES)) + 20)")" ;;
             # fresh bodies for up to 250 uploads/s: each costs ~18 ms of the bench's CPU to make (50 signed keys)
             upload) extra=(--upload-pool "$($PY -c "print(int(250 * ($DURATION + $WARMUP)) + 10)")") ;;
             esac
             out=$RESULTS/$sc-c$nc-n$conc
             say "db-connections $nc x $WORKERS workers, concurrency $conc: $sc ${DURATION}s"
-            "$MXKEYS_BENCH" --url "$MX_URL" --mint-command "$(harness_mint_command)" --state "$STATE" --scenario "$sc" --concurrency "$conc" \
-                --duration "$DURATION" --warmup "$WARMUP" --no-progress --check --json "$out.json" "${extra[@]}" \
+            "$MXKEYS_BENCH" --url "$MX_URL" --mint-command "$(harness_mint_command)" --state "$STATE" --scenario "$sc" \
+                --concurrency "$conc" --duration "$DURATION" --warmup "$WARMUP" --no-progress --check --json "$out.json" "${extra[@]}" \
                 >"$out.txt" 2>&1 || { unexpected=$((unexpected + 1)); tail -n 5 "$out.txt" >&2; }
             if [ -s "$out.json" ]; then
                 RATE[$sc,$nc,$conc]=$(harness_json "$out.json" "'%.0f' % d['scenarios']['$sc']['throughput']")
@@ -108,7 +110,8 @@ done
 {
     echo "Database connections by measurement, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, mxkeysd --workers $WORKERS"
     echo "(connections to PostgreSQL = workers x --db-connections), PostgreSQL 15 with default durability, $USERS"
-    echo "users x $DEVICES devices, closed loop, ${DURATION}s per cell after ${WARMUP}s of warm-up. Cell: req/s (p99 ms)."
+    echo "users x $DEVICES devices, closed loop, ${DURATION}s per cell after ${WARMUP}s of warm-up."
+    echo "Cell: req/s (p99 ms)."
     for sc in $SCENARIOS; do
         echo
         echo "**$sc**"

@@ -6,7 +6,7 @@
 #
 #   bench/openloop.sh [--scenarios "query claim upload backup-put"] [--peak-duration S] [--duration S]
 #                     [--concurrency N] [--connections N] [--fraction F] [--users U] [--devices D] [--workers N]
-#                     [--mxkeysd-args "..."] [--keep]
+#                     [--mxkeysd-args "..."] [--out DIR] [--keep]
 #
 # Defaults: peak from 5 s at concurrency 16, then 15 s open loop at 0.5 of it over 32 connections: about 2.5 minutes
 # with set-up. --mxkeysd-args passes flags to mxkeysd (e.g. "--db-connections 4"). Environment: MXKEYSD,
@@ -25,6 +25,7 @@ DEVICES=5
 WORKERS=2
 MXARGS=
 KEEP=0
+OUT=
 while [ $# -gt 0 ]; do
     case "$1" in
     --scenarios) SCENARIOS=$2; shift 2 ;;
@@ -38,6 +39,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS=$2; shift 2 ;;
     --mxkeysd-args) MXARGS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --out) OUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "openloop.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -47,7 +49,7 @@ for sc in $SCENARIOS; do
 done
 
 harness_tools
-RESULTS=$HARNESS_HERE/results/openloop-$(date -u +%Y%m%dT%H%M%SZ)
+RESULTS=${OUT:-$HARNESS_HERE/results/openloop-$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$RESULTS"
 harness_init openloop
 harness_pg_start durable
@@ -67,7 +69,7 @@ run() {
     shift 2
 
     case "$sc" in
-    claim) harness_claim_topup "$STATE" $(( 8000 * (PEAK_DURATION > DURATION ? PEAK_DURATION : DURATION) / (USERS * DEVICES) + 50 )) ;;
+    claim) harness_claim_topup "$STATE" "$($PY -c "print(int(8000 * max($PEAK_DURATION, $DURATION) / ($USERS * $DEVICES)) + 50)")" ;;
     esac
     "$MXKEYS_BENCH" --url "$MX_URL" --mint-command "$MINT" --state "$STATE" --scenario "$sc" --no-progress --check \
         --json "$out.json" "$@" >"$out.txt" 2>&1 ||
@@ -79,7 +81,7 @@ ROWS=()
 for sc in $SCENARIOS; do
     pool=()
     # upload: fresh bodies for the peak run at up to 250/s, and for the whole open-loop run at its rate
-    [ "$sc" = upload ] && pool=(--upload-pool $(( 250 * (PEAK_DURATION + 1) + 10 )))
+    [ "$sc" = upload ] && pool=(--upload-pool "$($PY -c "print(int(250 * ($PEAK_DURATION + 1)) + 10)")")
     say "$sc: closed-loop peak, ${PEAK_DURATION}s at concurrency $CONCURRENCY"
     run "$RESULTS/$sc-peak" "$sc" --concurrency "$CONCURRENCY" --duration "$PEAK_DURATION" --warmup 1 "${pool[@]}"
     peak=$(harness_json "$RESULTS/$sc-peak.json" "d['scenarios']['$sc']['throughput']")
@@ -95,12 +97,13 @@ for sc in $SCENARIOS; do
 done
 
 {
-    echo "Open loop at $FRACTION of the closed-loop peak, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, mxkeysd --workers"
-    echo "$WORKERS ${MXARGS:+$MXARGS }on PostgreSQL 15 (default durability), $USERS users x $DEVICES devices. Peak: ${PEAK_DURATION}s"
-    echo "closed loop at concurrency $CONCURRENCY. Open loop: ${DURATION}s over $CONNECTIONS connections, latency from"
-    echo "the scheduled send time."
+    echo "Open loop at $FRACTION of the closed-loop peak, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, mxkeysd"
+    echo "--workers $WORKERS ${MXARGS:+$MXARGS }on PostgreSQL 15 (default durability), $USERS users x $DEVICES devices."
+    echo "Peak: ${PEAK_DURATION}s closed loop at concurrency $CONCURRENCY. Open loop: ${DURATION}s over $CONNECTIONS"
+    echo "connections, latency from the scheduled send time."
     echo
-    echo "| scenario | peak req/s | rate sent /s | answered req/s | p50 ms | p99 ms | p99.9 ms | max ms | unsent | errors |"
+    echo "| scenario | peak req/s | rate sent /s | answered req/s | p50 ms | p99 ms | p99.9 ms | max ms | unsent |" \
+        "errors |"
     echo "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     printf '%s\n' "${ROWS[@]}"
 } | tee "$RESULTS/openloop.md"

@@ -5,8 +5,9 @@ For each sample: warm instance B's cache for user X (query X on B until the hits
 --warm-tries times), upload new device keys for X through instance A (a new ed25519 key, properly signed), t0 when
 A's 200 arrives; then at once a query of X on A (must show the new key: read-your-writes) and a query of X on B,
 and B is polled back to back until its answer shows the new key, t1. Staleness is t1 - t0. Bounded by --samples,
---max-seconds and --max-wait-ms per sample. Prints a markdown table; exit status 1 on any read-your-writes
-violation."""
+--max-seconds and --max-wait-ms per sample (keep it above mxkeysd's --query-cache-max-lag-ms: past that bound B
+must answer from the database). Prints a markdown table; exit status 1 on any read-your-writes violation, any write
+not seen on B within --max-wait-ms, or any failed request."""
 
 import argparse
 import json
@@ -105,8 +106,11 @@ def main():
         n, len(lags), fmt(summary["p50_ms"]), fmt(summary["p99_ms"]), fmt(summary["max_ms"]), unseen,
         summary["mean_polls"], ("%d of %d" % (warm_hits, n)) if has_cache else "no cache", ryw_violations, errors))
     if not has_cache:
-        print("\n(no query cache in this mxkeysd: B reads the database, so this is the baseline, not the cache's bound)")
-    return 1 if ryw_violations else 0
+        print("\n(no query cache in this mxkeysd: B reads the database; a baseline, not the cache's bound)")
+    if unseen or errors:
+        print("\nstaleness.py: %d writes not seen on B within %.0f ms, %d failed requests"
+              % (unseen, a.max_wait_ms, errors), file=sys.stderr)
+    return 1 if ryw_violations or unseen or errors else 0
 
 
 if __name__ == "__main__":
