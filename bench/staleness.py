@@ -11,10 +11,11 @@ not seen on B within --max-wait-ms, or any failed request."""
 
 import argparse
 import json
+import os
 import sys
 import time
 
-sys.path.insert(0, __import__("os").path.dirname(__file__))
+sys.path.insert(0, os.path.dirname(__file__))
 import keyclient as kc  # noqa: E402
 
 HITS = "mxkeys_query_cache_hits_total"
