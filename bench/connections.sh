@@ -10,9 +10,9 @@
 #
 # Defaults: 3 s measured + 1 s warm-up per cell, 64 cells: about 10 minutes with set-up, a third of it making fresh
 # signed upload bodies (1,000 per upload cell; uploads beyond them repeat a body, and the cell says how many).
-# --quick: --db-connections "1 4", --concurrency "1 16", 2 s per cell (a smoke check, about a minute). Every
-# mxkeysd listens on 127.0.0.1; everything started is stopped by pid on exit. --keep keeps the temp dir (cluster).
-# Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
+# --quick: --db-connections "1 4", --concurrency "1 16", 2 s per cell, 260 upload bodies per upload cell (a smoke
+# check, a minute or two). Every mxkeysd listens on 127.0.0.1; everything started is stopped by pid on exit. --keep
+# keeps the temp dir (cluster). Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
@@ -25,6 +25,7 @@ WORKERS=2
 USERS=50
 DEVICES=5
 MXARGS=
+UPLOAD_CEILING=250
 KEEP=0
 OUT=
 while [ $# -gt 0 ]; do
@@ -38,7 +39,7 @@ while [ $# -gt 0 ]; do
     --users) USERS=$2; shift 2 ;;
     --devices) DEVICES=$2; shift 2 ;;
     --mxkeysd-args) MXARGS=$2; shift 2 ;;
-    --quick) CONNS="1 4"; CONCS="1 16"; DURATION=2; WARMUP=0.5; shift ;;
+    --quick) CONNS="1 4"; CONCS="1 16"; DURATION=2; WARMUP=0.5; UPLOAD_CEILING=100; shift ;;
     --keep) KEEP=1; shift ;;
     --out) OUT=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -81,8 +82,8 @@ for nc in $CONNS; do
             case "$sc" in
             # enough one-time keys that no claim of the cell falls back to the (cheaper) fallback key
             claim) harness_claim_topup "$STATE" "$($PY -c "print(int(8000 * ($DURATION + $WARMUP) / ($USERS * $DEVICES)) + 20)")" ;;
-            # fresh bodies for up to 250 uploads/s: each costs ~18 ms of the bench's CPU to make (50 signed keys)
-            upload) extra=(--upload-pool "$($PY -c "print(int(250 * ($DURATION + $WARMUP)) + 10)")") ;;
+            # fresh bodies for up to 250 uploads/s (100 with --quick): each costs ~18 ms of the bench's CPU to make
+            upload) extra=(--upload-pool "$($PY -c "print(int($UPLOAD_CEILING * ($DURATION + $WARMUP)) + 10)")") ;;
             esac
             out=$RESULTS/$sc-c$nc-n$conc
             say "db-connections $nc x $WORKERS workers, concurrency $conc: $sc ${DURATION}s"
@@ -111,6 +112,9 @@ done
     echo "Database connections by measurement, $(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, mxkeysd --workers $WORKERS"
     echo "(connections to PostgreSQL = workers x --db-connections), PostgreSQL 15 with default durability, $USERS"
     echo "users x $DEVICES devices, closed loop, ${DURATION}s per cell after ${WARMUP}s of warm-up."
+    if harness_has_query_cache; then
+        echo "The /keys/query cache at its default size unless --mxkeysd-args says otherwise (${MXARGS:-none given})."
+    fi
     echo "Cell: req/s (p99 ms)."
     for sc in $SCENARIOS; do
         echo

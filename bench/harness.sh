@@ -126,7 +126,7 @@ harness_mint_command() {
 
 # harness_metric URL NAME: the value of one Prometheus metric (summed over its label sets), or "n/a".
 harness_metric() {
-    curl -fs "$1/metrics" 2>/dev/null |
+    { curl -fs "$1/metrics" 2>/dev/null || true; } |
         awk -v m="$2" '$1 == m || index($1, m "{") == 1 { s += $2; f = 1 }
                        END { if (f) printf "%.0f\n", s; else print "n/a" }'
 }

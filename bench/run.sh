@@ -203,9 +203,10 @@ if [ -n "$QUERY_CACHE" ]; then
     curl -fs "$NC_URL/_mxkeys/ready" >/dev/null || { echo "run.sh: the second mxkeysd did not become ready" >&2; exit 1; }
     BENCH_NC=("$MXKEYS_BENCH" --url "$NC_URL" --mint-command "$MINT" --state "$RESULTS/state.json")
 fi
-# metric NAME: one Prometheus metric of the cached instance (summed over label sets; 0 when absent).
+# metric NAME: one Prometheus metric of the cached instance (summed over label sets; 0 when absent or unreadable,
+# never a failure that would end the run).
 metric() {
-    curl -fs "$URL/metrics" 2>/dev/null |
+    { curl -fs "$URL/metrics" 2>/dev/null || true; } |
         awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
 }
 # hit_ratio HITS0 MISSES0: the cache's hit ratio since those counter readings.
