@@ -82,6 +82,10 @@ for sc in $SCENARIOS; do
     pool=()
     # upload: fresh bodies for the peak run at up to 250/s, and for the whole open-loop run at its rate
     [ "$sc" = upload ] && pool=(--upload-pool "$($PY -c "print(int(250 * ($PEAK_DURATION + 1)) + 10)")")
+    if [ "$sc" = query ]; then
+        # every user queried once first, as run.sh does: the load starts on a warm /keys/query cache (if any)
+        $PY "$HARNESS_HERE/query_warm.py" --url "$MX_URL" --state "$STATE" || die "the query warm-up failed"
+    fi
     say "$sc: closed-loop peak, ${PEAK_DURATION}s at concurrency $CONCURRENCY"
     run "$RESULTS/$sc-peak" "$sc" --concurrency "$CONCURRENCY" --duration "$PEAK_DURATION" --warmup 1 "${pool[@]}"
     peak=$(harness_json "$RESULTS/$sc-peak.json" "d['scenarios']['$sc']['throughput']")
