@@ -209,6 +209,8 @@ metric() {
     { curl -fs "$URL/metrics" 2>/dev/null || true; } |
         awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
 }
+# Fills of the cache thrown away because the user changed (or another fill took over) while they were read.
+VOIDED='mxkeys_query_cache_fills_total{outcome="voided"}'
 # hit_ratio HITS0 MISSES0: the cache's hit ratio since those counter readings.
 hit_ratio() {
     local h m
@@ -232,9 +234,11 @@ median_of() {
 import statistics, sys
 out = []
 for arg in sys.argv[1:]:
-    v = [float(x) for x in arg.split() if x not in ("n/a", "nan")]
+    raw = [x for x in arg.split() if x not in ("n/a", "nan")]
+    v = [float(x) for x in raw]
     m = statistics.median(v) if v else None
-    out.append("n/a" if m is None else "%.3f" % m if abs(m) < 10 else "%.1f" % m)
+    counts = all("." not in x for x in raw)  # counters stay whole numbers
+    out.append("n/a" if m is None else "%.0f" % m if counts else "%.3f" % m if abs(m) < 10 else "%.1f" % m)
 print(" ".join(out))
 MEDIAN
 }
@@ -319,6 +323,7 @@ for sc in $SCENARIOS; do
     raw_rates=()
     nc_rates=()
     hit_ratios=()
+    voided=()
     mx_p99=()
     nc_p99=()
     for round in $(seq 1 "$ROUNDS"); do
@@ -333,6 +338,7 @@ for sc in $SCENARIOS; do
                 echo "run.sh: the query warm-up had failures" >&2
             h0=$(metric mxkeys_query_cache_hits_total)
             m0=$(metric mxkeys_query_cache_misses_total)
+            v0=$(metric "$VOIDED")
         fi
         "${BENCH[@]}" --scenario "$sc" --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" "${pool[@]}" \
             --json "$out.json" --check --no-progress >"$out.txt" 2>&1 ||
@@ -340,6 +346,7 @@ for sc in $SCENARIOS; do
         mx_rates+=("$(json "$out.json" "d['scenarios']['$sc']['throughput']")")
         if [ "$sc" = query ] && [ -n "$QUERY_CACHE" ]; then
             hit_ratios+=("$(hit_ratio "$h0" "$m0")")
+            voided+=("$(( $(metric "$VOIDED") - v0 ))")
             mx_p99+=("$(json "$out.json" "d['scenarios']['query']['latency_ms']['p99']")")
             say "query, round $round/$ROUNDS: the same load on the instance with --query-cache-bytes 0, ${SLICE}s"
             "${BENCH_NC[@]}" --scenario query --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" \
@@ -382,8 +389,8 @@ PYEOF
     echo "$sc: mxkeys ${MX[$sc]} req/s, raw ${RAW[$sc]} tx/s (medians), ratio ${RATIO[$sc]} (rounds mxkeys/raw: ${ROUNDS_TEXT[$sc]})"
     if [ "$sc" = query ] && [ -n "$QUERY_CACHE" ]; then
         QC_WARM=${MX[query]}
-        read -r QC_OFF QC_WARM_P99 QC_OFF_P99 QC_HITS < <(median_of "${nc_rates[*]}" "${mx_p99[*]}" "${nc_p99[*]}" \
-            "${hit_ratios[*]}")
+        read -r QC_OFF QC_WARM_P99 QC_OFF_P99 QC_HITS QC_VOIDED < <(median_of "${nc_rates[*]}" "${mx_p99[*]}" \
+            "${nc_p99[*]}" "${hit_ratios[*]}" "${voided[*]}")
         echo "query: cache warm ${MX[query]} req/s, cache off $QC_OFF req/s (medians; rounds warm/off:" \
             "$(paste -d/ <(printf '%s\n' "${mx_rates[@]}") <(printf '%s\n' "${nc_rates[@]}") | tr '\n' ' '))"
     fi
@@ -418,12 +425,14 @@ CHURN_MINT
     churn_hits=()
     churn_p99=()
     churn_done=()
+    churn_voided=()
     for round in $(seq 1 "$ROUNDS"); do
         say "query under churn, round $round/$ROUNDS: ${SLICE}s while $CHURN_RATE device-key uploads/s ($CHURN_PER_S of the users per s)"
         out=$RESULTS/query-churn-$round
         $PY "$HERE/query_warm.py" --url "$URL" --state "$RESULTS/state.json" || true
         h0=$(metric mxkeys_query_cache_hits_total)
         m0=$(metric mxkeys_query_cache_misses_total)
+        v0=$(metric "$VOIDED")
         # the churn covers the bench's warm-up second and its measured slice
         $PY "$HERE/churn.py" --url "$URL" --tokens "$CHURN_TOKENS" --rate "$CHURN_RATE" --duration "$((SLICE + 1))" \
             >"$out-churn.json" 2>"$out-churn.err" &
@@ -436,10 +445,11 @@ CHURN_MINT
         churn_rates+=("$(json "$out.json" "d['scenarios']['query']['throughput']")")
         churn_p99+=("$(json "$out.json" "d['scenarios']['query']['latency_ms']['p99']")")
         churn_hits+=("$(hit_ratio "$h0" "$m0")")
+        churn_voided+=("$(( $(metric "$VOIDED") - v0 ))")
         churn_done+=("$(json "$out-churn.json" "d['rate']")")
     done
-    read -r QC_CHURN QC_CHURN_P99 QC_CHURN_HITS QC_CHURN_DONE < <(median_of "${churn_rates[*]}" "${churn_p99[*]}" \
-        "${churn_hits[*]}" "${churn_done[*]}")
+    read -r QC_CHURN QC_CHURN_P99 QC_CHURN_HITS QC_CHURN_DONE QC_CHURN_VOIDED < <(median_of "${churn_rates[*]}" \
+        "${churn_p99[*]}" "${churn_hits[*]}" "${churn_done[*]}" "${churn_voided[*]}")
     echo "query under churn: ${QC_CHURN} req/s (median; rounds: ${churn_rates[*]}), uploads/s done: ${churn_done[*]}"
 fi
 
@@ -486,13 +496,14 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
         echo "/keys/query cache: the same query load (10 users x $DEVICES devices, concurrency $CONCURRENCY), medians of"
         echo "$ROUNDS rounds of ${SLICE}s; \"cache off\" is a second mxkeysd with --query-cache-bytes 0 on the same database."
         echo
-        echo "| query | req/s | / cache off | cache hit ratio | p99 ms |"
-        echo "| --- | ---: | ---: | ---: | ---: |"
-        echo "| cache warm (population queried once before) | $QC_WARM | $(ratio_of "$QC_WARM" "$QC_OFF") | $QC_HITS | $QC_WARM_P99 |"
-        echo "| --query-cache-bytes 0 (database-bound) | $QC_OFF | 1.00 | - | $QC_OFF_P99 |"
+        echo "| query | req/s | / cache off | cache hit ratio | fills voided per slice | p99 ms |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+        echo "| cache warm (population queried once before) | $QC_WARM | $(ratio_of "$QC_WARM" "$QC_OFF") | $QC_HITS |" \
+            "$QC_VOIDED | $QC_WARM_P99 |"
+        echo "| --query-cache-bytes 0 (database-bound) | $QC_OFF | 1.00 | - | - | $QC_OFF_P99 |"
         if [ -n "$QC_CHURN" ]; then
             echo "| cache, $CHURN_PER_S of users re-upload device keys per s ($QC_CHURN_DONE uploads/s) | $QC_CHURN |" \
-                "$(ratio_of "$QC_CHURN" "$QC_OFF") | $QC_CHURN_HITS | $QC_CHURN_P99 |"
+                "$(ratio_of "$QC_CHURN" "$QC_OFF") | $QC_CHURN_HITS | $QC_CHURN_VOIDED | $QC_CHURN_P99 |"
         fi
     fi
     echo
