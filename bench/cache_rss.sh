@@ -13,6 +13,7 @@
 # bounded by 300 s (a few minutes in all on two cores). With --query-cache-bytes 0, or an mxkeysd without the cache,
 # it measures the baseline. Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
+# shellcheck source=harness.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 USERS=100000

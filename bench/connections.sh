@@ -14,6 +14,7 @@
 # check, a minute or two). Every mxkeysd listens on 127.0.0.1; everything started is stopped by pid on exit. --keep
 # keeps the temp dir (cluster). Environment: MXKEYSD, MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
+# shellcheck source=harness.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 CONNS="1 2 4 8"

@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by the bench scripts (connections.sh, openloop.sh, staleness.sh, cache_rss.sh): a throwaway PostgreSQL 15
 # cluster (unix socket only, under /tmp, as `postgres` when run as root), mxkeysd instances on free ports of
 # 127.0.0.1, a population set up once by mxkeys-bench, and cleanup of exactly what was started, by pid.
@@ -102,8 +103,7 @@ harness_mxkeysd() {
     MX_PID=$!
     HARNESS_PIDS+=("$MX_PID")
     MX_URL=http://127.0.0.1:$port
-    local i
-    for i in $(seq 1 300); do
+    for _ in $(seq 1 300); do
         curl -fs "$MX_URL/_mxkeys/ready" >/dev/null 2>&1 && return 0
         kill -0 "$MX_PID" 2>/dev/null || { tail -n 20 "$HARNESS_TMP/$name.log" >&2; die "mxkeysd $name exited"; }
         sleep 0.1

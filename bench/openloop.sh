@@ -12,6 +12,7 @@
 # with set-up. --mxkeysd-args passes flags to mxkeysd (e.g. "--db-connections 4"). Environment: MXKEYSD,
 # MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
+# shellcheck source=harness.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 SCENARIOS="query claim upload backup-put"

@@ -15,6 +15,7 @@
 # its --help) is measured all the same, as the database-bound baseline, and the table says so. Environment: MXKEYSD,
 # MXKEYS_BENCH or MXKEYS_BUILD_DIR (default ./build).
 set -euo pipefail
+# shellcheck source=harness.sh source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/harness.sh"
 
 SAMPLES=200
