@@ -6,10 +6,17 @@
 #
 #   bench/run.sh [--duration S] [--rounds N] [--mix-duration S] [--concurrency N] [--users U] [--devices D] [--otks N]
 #                [--backup-sessions B] [--scenarios "query claim backup-put"] [--mix SPEC] [--database-url URL]
-#                [--other-url URL --other-tokens FILE] [--keep]
+#                [--other-url URL --other-tokens FILE] [--query-cache-bytes B] [--churn-per-s F] [--keep]
 #
 # --scenarios picks the paired mxkeys/pgbench comparisons from query, claim, backup-put, upload (device keys + 50 fresh
 # signed one-time keys) and backup-get (a user's whole backup of --backup-sessions sessions; default 1000).
+#
+# The query scenario, when mxkeysd has the /keys/query cache (--query-cache-bytes in its --help), is measured three
+# ways in the same run: on the instance with the cache (its size --query-cache-bytes, default mxkeysd's own), every
+# population user queried once before each timed slice (warm); on a second instance on the same database with
+# --query-cache-bytes 0 (every query goes to the database); and warm while bench/churn.py re-uploads new device keys
+# for a fraction --churn-per-s of the users per second (default 0.1; 0 skips it) through the cached instance. The
+# extra table gives each figure, its ratio to the database-bound one, the cache's hit ratio and p99.
 #
 # --other-url/--other-tokens run the same single-scenario loads against another homeserver (a tokens file of
 # {user_id, device_id, access_token}) and add its figures to the table. Environment: MXKEYS_BUILD_DIR (default
@@ -36,6 +43,8 @@ OTHER_URL=
 OTHER_TOKENS=
 OTHER_READY=
 KEEP=0
+QUERY_CACHE_BYTES=
+CHURN_PER_S=0.1
 while [ $# -gt 0 ]; do
     case "$1" in
     --duration) DURATION=$2; shift 2 ;;
@@ -52,6 +61,8 @@ while [ $# -gt 0 ]; do
     --other-url) OTHER_URL=$2; shift 2 ;;
     --other-tokens) OTHER_TOKENS=$2; shift 2 ;;
     --keep) KEEP=1; shift ;;
+    --query-cache-bytes) QUERY_CACHE_BYTES=$2; shift 2 ;;
+    --churn-per-s) CHURN_PER_S=$2; shift 2 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -106,11 +117,14 @@ exec > >(tee "$RESULTS/summary.txt") 2> >(tee -a "$RESULTS/summary.txt" >&2)
 STATE=$(mktemp -d /tmp/mxkeys-bench-run.XXXXXX)
 chmod 755 "$STATE" # the embedded cluster's unprivileged user must reach it (otherwise it moves under /var/lib)
 SERVER_PID=
+NOCACHE_PID=
+CHURN_PID=
 cleanup() {
-    if [ -n "$SERVER_PID" ]; then
-        kill -TERM "$SERVER_PID" 2>/dev/null || true
-        wait "$SERVER_PID" 2>/dev/null || true
-    fi
+    local pid
+    for pid in $CHURN_PID $NOCACHE_PID $SERVER_PID; do
+        kill -TERM "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     if [ "$KEEP" = 1 ]; then
         echo "run.sh: kept $STATE" >&2
     else
@@ -130,6 +144,18 @@ else
     SERVE+=(--state-dir "$STATE")
     MINT_DB="--state-dir '$STATE'"
 fi
+# The /keys/query cache (issue 15): an mxkeysd built before it rejects its flags, and the cache rows are skipped.
+QUERY_CACHE=
+case " $SCENARIOS " in
+*" query "*)
+    if grep -q -- --query-cache-bytes <<<"$("$MXKEYSD" --help 2>&1)"; then
+        QUERY_CACHE=1
+        [ -z "$QUERY_CACHE_BYTES" ] || SERVE+=(--query-cache-bytes "$QUERY_CACHE_BYTES")
+    else
+        echo "run.sh: this mxkeysd has no --query-cache-bytes: query is measured without the cache rows" >&2
+    fi
+    ;;
+esac
 say "starting mxkeysd on $URL ($([ -n "$DATABASE_URL" ] && echo "given database" || echo "embedded database in $STATE"))"
 "$MXKEYSD" "${SERVE[@]}" >"$RESULTS/mxkeysd.log" 2>&1 </dev/null &
 SERVER_PID=$!
@@ -160,6 +186,39 @@ PGVARS=()
 while IFS= read -r line; do PGVARS+=(-D "$line"); done <"$RESULTS/vars"
 PREFIX=$(sed -n 's/^prefix=//p' "$RESULTS/vars")
 
+if [ -n "$QUERY_CACHE" ]; then
+    # The database-bound figure: a second instance on the same database with the cache off.
+    NC_PORT=$($PY -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    NC_URL=http://127.0.0.1:$NC_PORT
+    mkdir -p "$STATE/nocache"
+    say "starting a second mxkeysd on $NC_URL with --query-cache-bytes 0 (same database)"
+    "$MXKEYSD" serve --listen "127.0.0.1:$NC_PORT" --log-level warn --database-url "$PGCONN" \
+        --state-dir "$STATE/nocache" --query-cache-bytes 0 >"$RESULTS/mxkeysd-nocache.log" 2>&1 </dev/null &
+    NOCACHE_PID=$!
+    for _ in $(seq 1 300); do
+        curl -fs "$NC_URL/_mxkeys/ready" >/dev/null 2>&1 && break
+        kill -0 "$NOCACHE_PID" 2>/dev/null || { tail -n 30 "$RESULTS/mxkeysd-nocache.log" >&2; exit 1; }
+        sleep 0.1
+    done
+    curl -fs "$NC_URL/_mxkeys/ready" >/dev/null || { echo "run.sh: the second mxkeysd did not become ready" >&2; exit 1; }
+    BENCH_NC=("$MXKEYS_BENCH" --url "$NC_URL" --mint-command "$MINT" --state "$RESULTS/state.json")
+fi
+# metric NAME: one Prometheus metric of the cached instance (summed over label sets; 0 when absent or unreadable,
+# never a failure that would end the run).
+metric() {
+    { curl -fs "$URL/metrics" 2>/dev/null || true; } |
+        awk -v m="$1" '$1 == m || index($1, m "{") == 1 { s += $2 } END { printf "%.0f\n", s }'
+}
+# Fills of the cache thrown away because the user changed (or another fill took over) while they were read.
+VOIDED='mxkeys_query_cache_fills_total{outcome="voided"}'
+# hit_ratio HITS0 MISSES0: the cache's hit ratio since those counter readings.
+hit_ratio() {
+    local h m
+    h=$(( $(metric mxkeys_query_cache_hits_total) - $1 ))
+    m=$(( $(metric mxkeys_query_cache_misses_total) - $2 ))
+    $PY -c "print('%.3f' % ($h / ($h + $m)) if $h + $m > 0 else 'n/a')"
+}
+
 if [ -n "$OTHER_URL" ]; then
     say "set-up on the other server $OTHER_URL (tokens from $OTHER_TOKENS)"
     OTHER_BENCH=("$MXKEYS_BENCH" --url "$OTHER_URL" --tokens "$OTHER_TOKENS" --state "$RESULTS/other-state.json")
@@ -169,6 +228,21 @@ if [ -n "$OTHER_URL" ]; then
 fi
 
 json() { $PY -c 'import json, sys; d = json.load(open(sys.argv[1])); print(eval(sys.argv[2], {"d": d}))' "$@"; }
+# median_of "a b c" "d e f" ...: the median of each list (n/a entries skipped), on one line.
+median_of() {
+    $PY - "$@" <<'MEDIAN'
+import statistics, sys
+out = []
+for arg in sys.argv[1:]:
+    raw = [x for x in arg.split() if x not in ("n/a", "nan")]
+    v = [float(x) for x in raw]
+    m = statistics.median(v) if v else None
+    counts = all("." not in x for x in raw)  # counters stay whole numbers
+    out.append("n/a" if m is None else "%.0f" % m if counts else "%.3f" % m if abs(m) < 10 else "%.1f" % m)
+print(" ".join(out))
+MEDIAN
+}
+ratio_of() { $PY -c "print('%.2f' % ($1 / $2))" 2>/dev/null || echo "n/a"; }
 pgbench_tps() { sed -n 's/^tps = \([0-9.]*\) (without initial connection time)$/\1/p' "$1"; }
 
 # One scenario against the other server; prints its req/s for the table, or "skipped: <why>" when the server does not
@@ -218,7 +292,7 @@ other_scenario() {
 
 # ---- mxkeys vs the raw database, per scenario -----------------------------------------------------------------------
 declare -A MX RAW RATIO ROUNDS_TEXT OTHER LABEL
-LABEL[query]="query (10 users x $DEVICES devices)"
+LABEL[query]="query (10 users x $DEVICES devices)${QUERY_CACHE:+, cache warm}"
 LABEL[claim]="claim (1 one-time key)"
 LABEL[backup-put]="backup-put (100 sessions)"
 LABEL[upload]="upload (device keys + 50 fresh signed one-time keys)"
@@ -247,16 +321,40 @@ for sc in $SCENARIOS; do
     fi
     mx_rates=()
     raw_rates=()
+    nc_rates=()
+    hit_ratios=()
+    voided=()
+    mx_p99=()
+    nc_p99=()
     for round in $(seq 1 "$ROUNDS"); do
         say "$sc, round $round/$ROUNDS: mxkeys-bench ${SLICE}s, then pgbench ${SLICE}s (concurrency $CONCURRENCY)"
         out=$RESULTS/$sc-$round
         # upload: enough distinct bodies for up to 800 uploads/s, so every measured upload stores fresh keys
         pool=()
         [ "$sc" = upload ] && pool=(--upload-pool $(( 800 * (SLICE + 1) )))
+        if [ "$sc" = query ] && [ -n "$QUERY_CACHE" ]; then
+            # warm: every population user queried once before the timed slice
+            $PY "$HERE/query_warm.py" --url "$URL" --state "$RESULTS/state.json" ||
+                echo "run.sh: the query warm-up had failures" >&2
+            h0=$(metric mxkeys_query_cache_hits_total)
+            m0=$(metric mxkeys_query_cache_misses_total)
+            v0=$(metric "$VOIDED")
+        fi
         "${BENCH[@]}" --scenario "$sc" --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" "${pool[@]}" \
             --json "$out.json" --check --no-progress >"$out.txt" 2>&1 ||
             { cat "$out.txt"; echo "run.sh: $sc had unexpected errors (above)" >&2; }
         mx_rates+=("$(json "$out.json" "d['scenarios']['$sc']['throughput']")")
+        if [ "$sc" = query ] && [ -n "$QUERY_CACHE" ]; then
+            hit_ratios+=("$(hit_ratio "$h0" "$m0")")
+            voided+=("$(( $(metric "$VOIDED") - v0 ))")
+            mx_p99+=("$(json "$out.json" "d['scenarios']['query']['latency_ms']['p99']")")
+            say "query, round $round/$ROUNDS: the same load on the instance with --query-cache-bytes 0, ${SLICE}s"
+            "${BENCH_NC[@]}" --scenario query --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" \
+                --json "$out-nocache.json" --check --no-progress >"$out-nocache.txt" 2>&1 ||
+                { cat "$out-nocache.txt"; echo "run.sh: query (cache off) had unexpected errors (above)" >&2; }
+            nc_rates+=("$(json "$out-nocache.json" "d['scenarios']['query']['throughput']")")
+            nc_p99+=("$(json "$out-nocache.json" "d['scenarios']['query']['latency_ms']['p99']")")
+        fi
         extra=()
         if [ "$sc" = backup-put ]; then
             # the same 32-bit index clock as mxkeys-bench (bench_index_start in bench/scenarios.c)
@@ -289,6 +387,13 @@ print("%.1f %.1f %.2f %s" % (statistics.median(mx), statistics.median(raw),
 PYEOF
 )
     echo "$sc: mxkeys ${MX[$sc]} req/s, raw ${RAW[$sc]} tx/s (medians), ratio ${RATIO[$sc]} (rounds mxkeys/raw: ${ROUNDS_TEXT[$sc]})"
+    if [ "$sc" = query ] && [ -n "$QUERY_CACHE" ]; then
+        QC_WARM=${MX[query]}
+        read -r QC_OFF QC_WARM_P99 QC_OFF_P99 QC_HITS QC_VOIDED < <(median_of "${nc_rates[*]}" "${mx_p99[*]}" \
+            "${nc_p99[*]}" "${hit_ratios[*]}" "${voided[*]}")
+        echo "query: cache warm ${MX[query]} req/s, cache off $QC_OFF req/s (medians; rounds warm/off:" \
+            "$(paste -d/ <(printf '%s\n' "${mx_rates[@]}") <(printf '%s\n' "${nc_rates[@]}") | tr '\n' ' '))"
+    fi
     if [ "$sc" = claim ]; then
         dry=$(psql "$PGCONN" -At -c "SELECT count(*) FROM fallback_keys f WHERE f.user_id LIKE '@$PREFIX-%'
               AND NOT EXISTS (SELECT 1 FROM one_time_keys o WHERE o.user_id = f.user_id AND o.device_id = f.device_id)")
@@ -298,6 +403,55 @@ PYEOF
         OTHER[$sc]=$(other_scenario "$sc")
     fi
 done
+
+# ---- query under key churn --------------------------------------------------------------------------------------------
+QC_CHURN=
+if [ -n "$QUERY_CACHE" ] && [ "$($PY -c "print(1 if $CHURN_PER_S > 0 else 0)")" = 1 ]; then
+    CHURN_RATE=$($PY -c "print('%.2f' % ($CHURN_PER_S * $USERS))")
+    say "query under churn: minting a CHURN device for each of the $USERS users"
+    CHURN_TOKENS=$STATE/churn-tokens.json # in the throwaway state dir, removed on exit
+    $PY - "$RESULTS/state.json" "$CHURN_TOKENS" "$MXKEYSD" "$MINT_DB" <<'CHURN_MINT'
+import json, shlex, subprocess, sys
+users = [u["user_id"] for u in json.load(open(sys.argv[1]))["users"]]
+out = []
+for u in users:
+    cmd = "%s token create --user %s --device CHURN %s" % (shlex.quote(sys.argv[3]), shlex.quote(u), sys.argv[4])
+    tok = subprocess.run(cmd, shell=True, check=True, capture_output=True, text=True).stdout.strip()
+    out.append({"user_id": u, "device_id": "CHURN", "access_token": tok})
+with open(sys.argv[2], "w") as f:
+    json.dump(out, f)
+CHURN_MINT
+    churn_rates=()
+    churn_hits=()
+    churn_p99=()
+    churn_done=()
+    churn_voided=()
+    for round in $(seq 1 "$ROUNDS"); do
+        say "query under churn, round $round/$ROUNDS: ${SLICE}s while $CHURN_RATE device-key uploads/s ($CHURN_PER_S of the users per s)"
+        out=$RESULTS/query-churn-$round
+        $PY "$HERE/query_warm.py" --url "$URL" --state "$RESULTS/state.json" || true
+        h0=$(metric mxkeys_query_cache_hits_total)
+        m0=$(metric mxkeys_query_cache_misses_total)
+        v0=$(metric "$VOIDED")
+        # the churn covers the bench's warm-up second and its measured slice
+        $PY "$HERE/churn.py" --url "$URL" --tokens "$CHURN_TOKENS" --rate "$CHURN_RATE" --duration "$((SLICE + 1))" \
+            >"$out-churn.json" 2>"$out-churn.err" &
+        CHURN_PID=$!
+        "${BENCH[@]}" --scenario query --duration "$SLICE" --warmup 1 --concurrency "$CONCURRENCY" \
+            --json "$out.json" --check --no-progress >"$out.txt" 2>&1 ||
+            { cat "$out.txt"; echo "run.sh: query under churn had unexpected errors (above)" >&2; }
+        wait "$CHURN_PID" || echo "run.sh: some churn uploads failed: $(cat "$out-churn.json")" >&2
+        CHURN_PID=
+        churn_rates+=("$(json "$out.json" "d['scenarios']['query']['throughput']")")
+        churn_p99+=("$(json "$out.json" "d['scenarios']['query']['latency_ms']['p99']")")
+        churn_hits+=("$(hit_ratio "$h0" "$m0")")
+        churn_voided+=("$(( $(metric "$VOIDED") - v0 ))")
+        churn_done+=("$(json "$out-churn.json" "d['rate']")")
+    done
+    read -r QC_CHURN QC_CHURN_P99 QC_CHURN_HITS QC_CHURN_DONE QC_CHURN_VOIDED < <(median_of "${churn_rates[*]}" \
+        "${churn_p99[*]}" "${churn_hits[*]}" "${churn_done[*]}" "${churn_voided[*]}")
+    echo "query under churn: ${QC_CHURN} req/s (median; rounds: ${churn_rates[*]}), uploads/s done: ${churn_done[*]}"
+fi
 
 # ---- the standard mix, with plots -----------------------------------------------------------------------------------
 say "mix: $MIX, ${MIX_DURATION}s at concurrency $CONCURRENCY"
@@ -337,6 +491,21 @@ CPU=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
         fi
         echo "$row"
     done
+    if [ -n "$QUERY_CACHE" ]; then
+        echo
+        echo "/keys/query cache: the same query load (10 users x $DEVICES devices, concurrency $CONCURRENCY), medians of"
+        echo "$ROUNDS rounds of ${SLICE}s; \"cache off\" is a second mxkeysd with --query-cache-bytes 0 on the same database."
+        echo
+        echo "| query | req/s | / cache off | cache hit ratio | fills voided per slice | p99 ms |"
+        echo "| --- | ---: | ---: | ---: | ---: | ---: |"
+        echo "| cache warm (population queried once before) | $QC_WARM | $(ratio_of "$QC_WARM" "$QC_OFF") | $QC_HITS |" \
+            "$QC_VOIDED | $QC_WARM_P99 |"
+        echo "| --query-cache-bytes 0 (database-bound) | $QC_OFF | 1.00 | - | - | $QC_OFF_P99 |"
+        if [ -n "$QC_CHURN" ]; then
+            echo "| cache, $CHURN_PER_S of users re-upload device keys per s ($QC_CHURN_DONE uploads/s) | $QC_CHURN |" \
+                "$(ratio_of "$QC_CHURN" "$QC_OFF") | $QC_CHURN_HITS | $QC_CHURN_VOIDED | $QC_CHURN_P99 |"
+        fi
+    fi
     echo
     echo "plots: $RESULTS/mix-timeline.png $RESULTS/mix-cdf.png"
 } | tee "$RESULTS/ratios.md"
