@@ -42,6 +42,12 @@ typedef struct st_setting_t {
 
 #define FIELD(f) offsetof(mx_config_t, f)
 #define TOKEN_CACHE_UNSET UINT_MAX
+#define DB_CONNECTIONS_UNSET 0
+/* Measured (bench/README.md, "Database connections"): 4 per worker doubles claims at 16-64 clients over 1 and
+ * leaves uploads, backup writes and queries where they were; more gained nothing. The cap keeps a many-core host
+ * within PostgreSQL's default max_connections of 100 (and the embedded cluster's 200). */
+#define DB_CONNECTIONS_PER_WORKER 4
+#define DB_CONNECTIONS_TOTAL_CAP 64
 
 static const setting_t settings[] = {
     {"listen", KIND_LISTEN, 0, "127.0.0.1:8088", "address to listen on: host:port or [v6]:port"},
@@ -51,7 +57,8 @@ static const setting_t settings[] = {
      "libpq conninfo or postgresql:// URI"},
     {"state-dir", KIND_STRING, FIELD(state_dir), DEFAULT_STATE_DIR, "directory for the embedded cluster and the lock"},
     {"workers", KIND_POSITIVE, FIELD(workers), "number of cores", "worker threads"},
-    {"db-connections", KIND_POSITIVE, FIELD(db_connections), "1", "database connections per worker"},
+    {"db-connections", KIND_POSITIVE, FIELD(db_connections), "4, at most 64 in all workers together",
+     "database connections per worker (commits on one connection wait for each other's WAL flush)"},
     {"db-queue-depth", KIND_POSITIVE, FIELD(db_queue_depth), "1024", "queries queued per worker before answering 503"},
     {"db-timeout-ms", KIND_POSITIVE, FIELD(db_timeout_ms), "5000",
      "deadline of every database query and connect attempt; past it the request gets 503 and the connection is "
@@ -101,7 +108,7 @@ void mx_config_defaults(mx_config_t *cfg)
     cfg->state_dir = strdup(DEFAULT_STATE_DIR);
     if (cfg->server_name == NULL || cfg->state_dir == NULL)
         abort(); /* out of memory before anything started: nothing sensible to do */
-    cfg->db_connections = 1;
+    cfg->db_connections = DB_CONNECTIONS_UNSET; /* set after parsing, from the worker count */
     cfg->db_queue_depth = 1024;
     cfg->db_timeout_ms = 5000;
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
@@ -552,6 +559,12 @@ int mx_cli_parse(mx_cli_t *cli, int argc, char **argv, char **envp, char *err, s
         return 0;
     /* Beside a homeserver a token can also be revoked there, behind mxkeys' back: the cache is what bounds how long
      * such a token keeps working here, so it is shorter (each worker asks again every 10 s per active token). */
+    if (cli->config.db_connections == DB_CONNECTIONS_UNSET) {
+        unsigned share = DB_CONNECTIONS_TOTAL_CAP / cli->config.workers;
+        cli->config.db_connections = share >= DB_CONNECTIONS_PER_WORKER ? DB_CONNECTIONS_PER_WORKER
+                                     : share > 0                        ? share
+                                                                        : 1;
+    }
     if (cli->config.token_cache_ms == TOKEN_CACHE_UNSET)
         cli->config.token_cache_ms = cli->config.auth_mode == MX_AUTH_HOMESERVER ? 10000 : 60000;
     if (cli->config.auth_mode == MX_AUTH_HOMESERVER && cli->config.homeserver_url == NULL) {

@@ -54,7 +54,7 @@ static void test_defaults(void)
     CHECK(c->database_url == NULL);
     CHECK_STREQ(c->state_dir, "./var");
     CHECK(c->workers >= 1);
-    CHECK(c->db_connections == 1);
+    CHECK(c->db_connections == (c->workers <= 16 ? 4 : c->workers <= 64 ? 64 / c->workers : 1));
     CHECK(c->db_queue_depth == 1024);
     CHECK(c->max_body_bytes == 1048576);
     CHECK(c->max_keys_per_request == 10000);
@@ -205,6 +205,23 @@ static void test_subcommands(void)
     mx_config_free(&cli.config);
 }
 
+/* --db-connections left out: 4 per worker, at most 64 in all (and never 0). */
+static void test_db_connections_default(void)
+{
+    static const struct {
+        const char *workers;
+        unsigned per_worker;
+    } cases[] = {{"1", 4}, {"2", 4}, {"16", 4}, {"17", 3}, {"32", 2}, {"64", 1}, {"100", 1}};
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        CHECK(PARSE("--workers", cases[i].workers) == 0);
+        CHECK(cli.config.db_connections == cases[i].per_worker);
+        mx_config_free(&cli.config);
+    }
+    CHECK(PARSE("--workers", "32", "--db-connections", "9") == 0);
+    CHECK(cli.config.db_connections == 9); /* given: as given */
+    mx_config_free(&cli.config);
+}
+
 static void test_bad_values(void)
 {
     check_bad("--workers: expected a positive integer, got \"x\"", PARSE("--workers", "x"));
@@ -323,6 +340,7 @@ int main(void)
     test_equals_form_and_listen();
     test_env_and_precedence();
     test_subcommands();
+    test_db_connections_default();
     test_bad_values();
     test_bad_token_commands();
     test_usage_lists_everything();
