@@ -1,11 +1,11 @@
 /* The /keys/query cache's change feed: one thread with its own database connection that LISTENs to
  * mxkeys_query_cache (sent by the triggers of sql/functions/query_cache.sql at every commit that changes a user's
- * answer), forgets each user it hears of, and proves itself live with a round trip every quarter of
- * --query-cache-max-lag-ms. PostgreSQL delivers a listener's notifications before it answers the listener's next
- * statement, so an answered heartbeat sent at time T means every change committed before T has been heard: the cache
- * may answer until T + max lag (mx_query_cache_confirm). A lost connection empties the cache and stops it answering
- * until the feed is back (mx_query_cache_lost). The thread never touches a worker's loop: workers only see the cache.
- */
+ * answer) and forgets each user it hears of. Every quarter of --query-cache-max-lag-ms it proves itself with a
+ * notification it sends itself: notifications are delivered in commit order, so a heartbeat sent at time T that came
+ * back means every change committed before T has been heard, and the cache may answer until T + max lag
+ * (mx_query_cache_confirm). Behind a pool that does not keep the session, no heartbeat comes back and the cache never
+ * answers. A lost connection empties the cache and stops it answering until the feed is back (mx_query_cache_lost).
+ * The thread never touches a worker's loop: workers only see the cache. */
 #ifndef MXKEYS_QUERY_CACHE_FEED_H
 #define MXKEYS_QUERY_CACHE_FEED_H
 

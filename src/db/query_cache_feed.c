@@ -15,7 +15,8 @@
 #include "mxkeys/db_sync.h"
 #include "mxkeys/log.h"
 
-#define CHANNEL "mxkeys_query_cache"
+#define CHANNEL "mxkeys_query_cache"           /* the triggers' (sql/functions/query_cache.sql) */
+#define BEAT_CHANNEL "mxkeys_query_cache_beat" /* the feed's own heartbeat */
 #define BACKOFF_MIN_MS 100
 #define BACKOFF_MAX_MS 2000
 
@@ -68,7 +69,7 @@ static PGconn *connect_feed(mx_query_cache_feed_t *f)
         PQfinish(pg);
         return NULL;
     }
-    PGresult *res = PQexec(pg, "LISTEN " CHANNEL);
+    PGresult *res = PQexec(pg, "LISTEN " CHANNEL "; LISTEN " BEAT_CHANNEL);
     bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
     PQclear(res);
     if (!ok || PQsetnonblocking(pg, 1) != 0) {
@@ -79,39 +80,51 @@ static PGconn *connect_feed(mx_query_cache_feed_t *f)
     return pg;
 }
 
-static void forget_heard(mx_query_cache_feed_t *f, PGconn *pg)
+/* Handles what was heard: users to forget, and the beat this connection is waiting for (true when it came). */
+static bool take_heard(mx_query_cache_feed_t *f, PGconn *pg, const char *beat)
 {
+    bool proven = false;
     PGnotify *n;
     while ((n = PQnotifies(pg)) != NULL) {
-        mx_query_cache_forget(f->qc, n->extra, strlen(n->extra));
-        atomic_fetch_add(&f->notifications, 1);
+        if (strcmp(n->relname, BEAT_CHANNEL) == 0) {
+            proven |= beat[0] != '\0' && strcmp(n->extra, beat) == 0;
+        } else {
+            mx_query_cache_forget(f->qc, n->extra, strlen(n->extra));
+            atomic_fetch_add(&f->notifications, 1);
+        }
         PQfreemem(n);
     }
+    return proven;
 }
 
-/* One connection's life: heartbeats and notifications until it fails or the feed stops. */
+/* One connection's life until it fails or the feed stops. The heartbeat is a notification this connection sends to
+ * itself: PostgreSQL queues notifications in commit order and delivers a listener's in that order, so once the
+ * beat sent at T comes back, every change committed before T has been heard. It also proves delivery end to end:
+ * behind a pool that does not keep this session (PgBouncer in transaction mode), no beat ever comes back and the
+ * cache never answers. */
 static void serve(mx_query_cache_feed_t *f, PGconn *pg)
 {
-    /* LISTEN is registered: every change committed from now on is delivered on this connection. */
-    uint64_t beat_sent = mx_query_cache_now_ns();
-    mx_query_cache_confirm(f->qc, beat_sent + ms_to_ns(f->max_lag_ms));
-    bool awaiting = false, lapsed = false;
-    uint64_t next_beat = beat_sent + ms_to_ns(f->beat_ms);
+    char beat[32] = "";
+    unsigned long long beats = 0;
+    bool lapsed = false;
+    uint64_t beat_sent = 0, next_beat = mx_query_cache_now_ns(); /* the first beat at once: no proof before it */
     while (!atomic_load(&f->stopping)) {
         uint64_t now = mx_query_cache_now_ns();
-        if (!awaiting && now >= next_beat) {
-            if (PQsendQuery(pg, "SELECT 1") != 1)
+        if (beat[0] == '\0' && now >= next_beat) {
+            char sql[96];
+            snprintf(beat, sizeof(beat), "%llu", ++beats);
+            snprintf(sql, sizeof(sql), "NOTIFY " BEAT_CHANNEL ", '%s'", beat);
+            if (PQsendQuery(pg, sql) != 1)
                 return;
             beat_sent = now;
-            awaiting = true;
             lapsed = false;
         }
-        if (awaiting && PQflush(pg) < 0)
+        if (PQflush(pg) < 0)
             return;
         /* Wake for the next beat, for the current beat's deadline, or (past it) at the beat's pace. */
-        uint64_t until = !awaiting ? next_beat
-                         : lapsed  ? now + ms_to_ns(f->beat_ms)
-                                   : beat_sent + ms_to_ns(f->max_lag_ms);
+        uint64_t until = beat[0] == '\0' ? next_beat
+                         : lapsed        ? now + ms_to_ns(f->beat_ms)
+                                         : beat_sent + ms_to_ns(f->max_lag_ms);
         int wait_ms = until > now ? (int)((until - now) / 1000000ULL) + 1 : 0;
         struct pollfd p[2] = {{.fd = PQsocket(pg), .events = POLLIN}, {.fd = f->wake[0], .events = POLLIN}};
         if (poll(p, 2, wait_ms) < 0 && errno != EINTR)
@@ -119,26 +132,24 @@ static void serve(mx_query_cache_feed_t *f, PGconn *pg)
         if (p[0].revents != 0) {
             if (PQconsumeInput(pg) != 1)
                 return;
-            forget_heard(f, pg);
-            while (awaiting && !PQisBusy(pg)) {
+            while (!PQisBusy(pg)) { /* the NOTIFY's own result: anything but success ends the connection */
                 PGresult *res = PQgetResult(pg);
-                if (res == NULL) {
-                    /* the heartbeat's answer is complete, and every notification sent before it was read above */
-                    forget_heard(f, pg);
-                    mx_query_cache_confirm(f->qc, beat_sent + ms_to_ns(f->max_lag_ms));
-                    awaiting = false;
-                    next_beat = beat_sent + ms_to_ns(f->beat_ms);
+                if (res == NULL)
                     break;
-                }
-                bool ok = PQresultStatus(res) == PGRES_TUPLES_OK;
+                bool ok = PQresultStatus(res) == PGRES_COMMAND_OK;
                 PQclear(res);
                 if (!ok)
                     return;
             }
+            if (take_heard(f, pg, beat)) {
+                mx_query_cache_confirm(f->qc, beat_sent + ms_to_ns(f->max_lag_ms));
+                beat[0] = '\0';
+                next_beat = beat_sent + ms_to_ns(f->beat_ms);
+            }
         }
-        if (awaiting && !lapsed && mx_query_cache_now_ns() >= beat_sent + ms_to_ns(f->max_lag_ms)) {
+        if (beat[0] != '\0' && !lapsed && mx_query_cache_now_ns() >= beat_sent + ms_to_ns(f->max_lag_ms)) {
             /* The cache has stopped answering by itself (its proof ran out). Nothing heard on this connection is lost,
-             * so keep waiting on it; the answer, when it comes, proves too little, and the next beat goes at once. */
+             * so keep waiting on it; the beat, when it comes, proves too little, and the next one goes at once. */
             lapsed = true;
             atomic_fetch_add(&f->losses, 1);
         }

@@ -27,9 +27,9 @@ def named_server(start_server, pg, **flags):
 
 
 def feed_pid(pg, server):
-    """The backend of the server's change feed: its connection runs only LISTEN and the heartbeat."""
+    """The backend of the server's change feed: its connection runs only LISTEN and the heartbeat (a NOTIFY)."""
     out = pg.psql(f"SELECT pid FROM pg_stat_activity WHERE application_name = '{server.app_name}' "
-                  "AND query IN ('SELECT 1', 'LISTEN mxkeys_query_cache')").strip()
+                  "AND (query LIKE 'LISTEN mxkeys_query_cache%' OR query LIKE 'NOTIFY mxkeys_query_cache_beat%')").strip()
     return int(out) if out else None
 
 
