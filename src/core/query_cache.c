@@ -3,13 +3,15 @@
  * placeholder for the fills in flight, made after the user's last forget. */
 #include "mxkeys/query_cache.h"
 #include <assert.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-/* What malloc keeps beside each block, roughly: counted so that the bound is on memory, not on payload. */
-#define BLOCK_OVERHEAD 16
+/* glibc's header per block, beside the usable size malloc_usable_size reports: counted so that the bound is on the
+ * memory the blocks take, not on their payload. */
+#define BLOCK_OVERHEAD 8
 #define MIN_BUCKETS 1024
 
 typedef struct st_qc_item_t {
@@ -160,7 +162,7 @@ static void entry_seal(mx_qc_entry_t *e)
             e->text_cap = e->text_len + 1;
         }
     }
-    e->bytes = sizeof(*e) + e->items_cap * sizeof(qc_item_t) + e->text_cap + 3 * BLOCK_OVERHEAD;
+    e->bytes = malloc_usable_size(e) + malloc_usable_size(e->items) + malloc_usable_size(e->text) + 3 * BLOCK_OVERHEAD;
 }
 
 static bool same_user(const mx_qc_entry_t *e, uint64_t hash, const char *user, size_t len)
@@ -337,6 +339,12 @@ static void grow(mx_query_cache_t *qc)
     qc->nbuckets = n;
 }
 
+/* What the cache holds against its bound: the entries and the table itself. */
+static size_t held(const mx_query_cache_t *qc)
+{
+    return qc->bytes + qc->nbuckets * sizeof(*qc->buckets);
+}
+
 static void insert(mx_query_cache_t *qc, mx_qc_entry_t *e)
 {
     if (qc->users >= qc->nbuckets)
@@ -347,7 +355,7 @@ static void insert(mx_query_cache_t *qc, mx_qc_entry_t *e)
     lru_push_front(qc, e);
     qc->bytes += e->bytes;
     qc->users++;
-    while (qc->bytes > qc->max_bytes && qc->lru_tail != NULL && qc->lru_tail != e) {
+    while (held(qc) > qc->max_bytes && qc->lru_tail != NULL && qc->lru_tail != e) {
         drop(qc, qc->lru_tail);
         qc->counts.evictions++;
     }
@@ -488,7 +496,7 @@ void mx_query_cache_stats(mx_query_cache_t *qc, mx_query_cache_stats_t *out)
 {
     pthread_mutex_lock(&qc->mu);
     *out = qc->counts;
-    out->bytes = qc->bytes;
+    out->bytes = held(qc);
     out->users = qc->users;
     out->max_bytes = qc->max_bytes;
     out->live = is_live(qc);
