@@ -8,8 +8,9 @@
  *  - Writes made elsewhere (another instance, the import, psql) arrive through the change feed
  *    (include/mxkeys/query_cache_feed.h), NOTIFY at commit.
  *  - A fill races with both: a reader takes a ticket (mx_query_cache_begin_fill) before it sends its statement, and
- *    the entry is stored only if no forget of that user, and no clear, came in between (the first such fill wins). Since any change the
- *    statement's snapshot missed commits after the ticket, its forget comes after the ticket too, and voids it.
+ *    the entry is stored only if no forget of that user, and no clear, came in between (the first such fill wins).
+ * Since any change the statement's snapshot missed commits after the ticket, its forget comes after the ticket too, and
+ * voids it.
  *  - While the feed cannot prove itself live (its connection lost, or silent past --query-cache-max-lag-ms) the cache
  *    is not used at all, and it is emptied before it is used again: changes made meanwhile may have been missed.
  *

@@ -107,7 +107,7 @@ void mx_config_defaults(mx_config_t *cfg)
     cfg->database_url = NULL;
     cfg->state_dir = strdup(DEFAULT_STATE_DIR);
     if (cfg->server_name == NULL || cfg->state_dir == NULL)
-        abort(); /* out of memory before anything started: nothing sensible to do */
+        abort();                                /* out of memory before anything started: nothing sensible to do */
     cfg->db_connections = DB_CONNECTIONS_UNSET; /* set after parsing, from the worker count */
     cfg->db_queue_depth = 1024;
     cfg->db_timeout_ms = 5000;

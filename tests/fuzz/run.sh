@@ -22,6 +22,7 @@ SOURCES=(src/core/buf.c src/core/errors.c src/core/reason.c src/core/log.c src/c
 # stands in for h2o and the database). Handlers a target does not link get weak stand-ins generated from routes.c.
 ROUTER_SOURCES=(src/api/routes.c "$OUT/route_stubs.c")
 BODIES_SOURCES=(tests/fuzz/call_loopback.c src/api/routes.c "$OUT/route_stubs.c" src/api/keys_upload.c src/api/keys_query.c
+                src/api/keys_query_cache.c src/core/query_cache.c
                 src/api/keys_claim.c src/api/keys_remote.c src/api/xsign.c src/api/backup_versions.c
                 src/api/backup_sessions.c src/api/backup_common.c src/api/devices.c src/api/federation_claim.c
                 src/api/admin.c)
