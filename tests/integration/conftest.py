@@ -81,7 +81,9 @@ class Postgres:
         with open(os.path.join(self.data, "postgresql.conf"), "a") as f:
             f.write(
                 f"listen_addresses = '127.0.0.1'\nunix_socket_directories = '{self.dir}'\n"
-                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 200\n"
+                # Servers stay up until the session ends, each with workers x --db-connections (default 2 x 4)
+                # connections plus its query cache's feed: room for well over a hundred of them.
+                "fsync = off\nsynchronous_commit = off\nfull_page_writes = off\nmax_connections = 1000\n"
                 "include 'port.conf'\n"
             )
         self.start_on_free_port()
