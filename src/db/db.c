@@ -299,20 +299,16 @@ static void conn_connect(conn_t *c)
     c->state = CONN_CONNECTING;
     c->on_standby = false;
     c->connect_at = h2o_now(pool->loop);
-    /* expand_dbname: the conninfo may be a URI or key=value list; name the connections in pg_stat_activity.
-     * Keywords before dbname are defaults the conninfo overrides (libpq takes the last value of a keyword). TCP
-     * keepalives find a dead peer on an idle connection; tcp_user_timeout bounds how long sent bytes may stay
-     * unacknowledged (a black-holed network); both are ignored on unix sockets. target_session_attrs=read-write: with
-     * several hosts (`host=a,b`) libpq tries each in turn and keeps only a writable one, so after a failover the next
-     * attempt finds the promoted standby by itself instead of settling on a read-only server. */
+    /* expand_dbname: the conninfo may be a URI or key=value list. Keywords before dbname are defaults the conninfo
+     * overrides (libpq takes the last value of a keyword): mx_db_serving_defaults says which. target_session_attrs
+     * =read-write: with several hosts (`host=a,b`) libpq tries each in turn and keeps only a writable one, so after a
+     * failover the next attempt finds the promoted standby by itself instead of settling on a read-only server. */
     char connect_s[16], user_ms[16];
     snprintf(connect_s, sizeof(connect_s), "%u", pool->timeout_ms < 2000 ? 2 : (pool->timeout_ms + 999) / 1000);
     snprintf(user_ms, sizeof(user_ms), "%u", pool->timeout_ms);
-    enum { NDEFAULTS = 8 };
-    const char *keys[NDEFAULTS + 2] = {
-        "connect_timeout",  "keepalives",       "keepalives_idle",      "keepalives_interval",
-        "keepalives_count", "tcp_user_timeout", "target_session_attrs", "fallback_application_name"};
-    const char *values[NDEFAULTS + 2] = {connect_s, "1", "10", "3", "3", user_ms, mx_db_writable_default(), "mxkeysd"};
+    enum { NDEFAULTS = MX_DB_SERVING_DEFAULTS };
+    const char *keys[NDEFAULTS + 2] = {NULL}, *values[NDEFAULTS + 2] = {NULL};
+    mx_db_serving_defaults(keys, values, connect_s, user_ms, "mxkeysd");
     if (pool->hosts != NULL) {
         /* several hosts: the conninfo, parsed once, follows the defaults with its hosts in order from first_host */
         c->pg = mx_db_hosts_connect_start(pool->hosts, c->first_host, keys, values);

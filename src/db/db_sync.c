@@ -56,6 +56,20 @@ const char *mx_db_writable_default(void)
     return env != NULL && *env != '\0' ? env : "read-write";
 }
 
+void mx_db_serving_defaults(const char **keys, const char **values, const char *connect_timeout_s,
+                            const char *user_timeout_ms, const char *application_name)
+{
+    static const char *const names[MX_DB_SERVING_DEFAULTS] = {
+        "connect_timeout",  "keepalives",       "keepalives_idle",      "keepalives_interval",
+        "keepalives_count", "tcp_user_timeout", "target_session_attrs", "fallback_application_name"};
+    const char *const given[MX_DB_SERVING_DEFAULTS] = {
+        connect_timeout_s, "1", "10", "3", "3", user_timeout_ms, mx_db_writable_default(), application_name};
+    for (int i = 0; i < MX_DB_SERVING_DEFAULTS; i++) {
+        keys[i] = names[i];
+        values[i] = given[i];
+    }
+}
+
 PGconn *mx_db_connect_blocking(const char *conninfo, mx_db_target_t target, unsigned wait_ms, char *err, size_t errlen)
 {
     /* expand_dbname lets `conninfo` be a keyword string or a URI; keywords before dbname are defaults it overrides.

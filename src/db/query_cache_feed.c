@@ -45,22 +45,13 @@ static bool nap(mx_query_cache_feed_t *f, unsigned ms)
 
 static PGconn *connect_feed(mx_query_cache_feed_t *f)
 {
-    /* The same defaults as the workers' connections (src/db/db.c): a dead peer is found by keepalives, a
-     * black-holed one by tcp_user_timeout; a writable server only, since a standby cannot LISTEN. */
+    /* The workers' defaults (mx_db_serving_defaults), so also a writable server only: a standby cannot LISTEN. */
     char user_ms[16];
     snprintf(user_ms, sizeof(user_ms), "%u", f->max_lag_ms);
-    const char *const keys[] = {"connect_timeout",
-                                "keepalives",
-                                "keepalives_idle",
-                                "keepalives_interval",
-                                "keepalives_count",
-                                "tcp_user_timeout",
-                                "target_session_attrs",
-                                "fallback_application_name",
-                                "dbname",
-                                NULL};
-    const char *const values[] = {
-        "2", "1", "10", "3", "3", user_ms, mx_db_writable_default(), "mxkeysd-query-cache-feed", f->conninfo, NULL};
+    const char *keys[MX_DB_SERVING_DEFAULTS + 2] = {NULL}, *values[MX_DB_SERVING_DEFAULTS + 2] = {NULL};
+    mx_db_serving_defaults(keys, values, "2", user_ms, "mxkeysd-query-cache-feed");
+    keys[MX_DB_SERVING_DEFAULTS] = "dbname"; /* last: the conninfo it expands to overrides every default */
+    values[MX_DB_SERVING_DEFAULTS] = f->conninfo;
     PGconn *pg = PQconnectdbParams(keys, values, 1);
     if (pg == NULL)
         return NULL;
