@@ -1,7 +1,8 @@
 /* The subcommands that run instead of the server: migrate, token create, token revoke. Each resolves the database
  * the way serve does (--database-url, else the embedded cluster, shared with a running server), applies migrations
- * so a token can be minted before the first serve, does its one statement and exits. Failures are one line on stderr
- * prefixed "mxkeysd: "; stdout carries only the token of `token create`. */
+ * so a token can be minted before the first serve, does its one statement and exits. The token commands use one
+ * table: they rewrite the function files only along with a migration (MX_MIGRATE_SCHEMA). Failures are one line on
+ * stderr prefixed "mxkeysd: "; stdout carries only the token of `token create`. */
 #include "mxkeys/cli.h"
 #include <sodium.h>
 #include <stdio.h>
@@ -23,7 +24,7 @@ typedef struct st_cli_db_t {
     PGconn *conn;
 } cli_db_t;
 
-static int db_open(const mx_config_t *cfg, cli_db_t *db)
+static int db_open(const mx_config_t *cfg, mx_migrate_scope_t scope, cli_db_t *db)
 {
     char err[512], embedded_conninfo[4608];
     const char *conninfo = cfg->database_url; /* as given: never truncated */
@@ -42,7 +43,7 @@ static int db_open(const mx_config_t *cfg, cli_db_t *db)
         fprintf(stderr, "mxkeysd: database: %s\n", err);
         goto failed;
     }
-    if (mx_migrate(db->conn, err, sizeof(err)) < 0) {
+    if (mx_migrate(db->conn, scope, err, sizeof(err)) < 0) {
         fprintf(stderr, "mxkeysd: migrations: %s\n", err);
         goto failed;
     }
@@ -63,7 +64,7 @@ static void db_close(cli_db_t *db)
 int mx_cli_migrate(const mx_config_t *cfg)
 {
     cli_db_t db;
-    if (db_open(cfg, &db) != 0)
+    if (db_open(cfg, MX_MIGRATE_ALL, &db) != 0)
         return 1;
     db_close(&db);
     return 0;
@@ -117,7 +118,7 @@ int mx_cli_token_create(const mx_config_t *cfg, const char *user_id, const char 
     mx_token_hash_hex(token, strlen(token), hash);
 
     cli_db_t db;
-    if (db_open(cfg, &db) != 0)
+    if (db_open(cfg, MX_MIGRATE_SCHEMA, &db) != 0)
         return 1;
     const char *params[] = {user_id, device_id, hash};
     PGresult *res = mx_db_exec(db.conn,
@@ -146,7 +147,7 @@ int mx_cli_token_revoke(const mx_config_t *cfg, const char *token)
     char hash[65], err[512];
     mx_token_hash_hex(token, strlen(token), hash);
     cli_db_t db;
-    if (db_open(cfg, &db) != 0)
+    if (db_open(cfg, MX_MIGRATE_SCHEMA, &db) != 0)
         return 1;
     const char *params[] = {hash};
     PGresult *res = mx_db_exec(db.conn, "DELETE FROM access_tokens WHERE token_hash = decode($1, 'hex')", 1, params,
@@ -170,7 +171,7 @@ int mx_cli_token_revoke(const mx_config_t *cfg, const char *token)
 int mx_cli_import_synapse(const mx_config_t *cfg, const mx_import_opts_t *opts)
 {
     cli_db_t db;
-    if (db_open(cfg, &db) != 0)
+    if (db_open(cfg, MX_MIGRATE_ALL, &db) != 0)
         return 1;
     int status = mx_import_synapse(db.conn, cfg, opts);
     db_close(&db);

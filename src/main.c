@@ -42,7 +42,7 @@ static int migrate_database(const char *conninfo)
         mx_error("database: %s", err);
         return -1;
     }
-    int applied = mx_migrate(conn, err, sizeof(err));
+    int applied = mx_migrate(conn, MX_MIGRATE_ALL, err, sizeof(err));
     PQfinish(conn);
     if (applied < 0) {
         mx_error("migrations: %s", err);

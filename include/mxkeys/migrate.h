@@ -6,7 +6,7 @@
  *     order; the SHA-256 of its text is recorded, and a start against a database where an applied file's text has
  *     changed since is refused;
  *   function files, sql/functions/<family>.sql: every mx_* function as CREATE OR REPLACE, all applied after the
- *     migrations on every start, in one transaction. */
+ *     migrations on every start (and by every CLI command that applied a migration), in one transaction. */
 #ifndef MXKEYS_MIGRATE_H
 #define MXKEYS_MIGRATE_H
 
@@ -25,10 +25,21 @@ extern const size_t mx_nmigrations;
 extern const mx_migration_t mx_sql_functions[];
 extern const size_t mx_nsql_functions;
 
+/** When the function files are applied. */
+typedef enum en_mx_migrate_scope_t {
+    /* On every call (serve, `mxkeysd migrate`, the import): the files, not whatever a database happens to hold, are
+     * the definition. */
+    MX_MIGRATE_ALL,
+    /* Only after a migration was applied (CLI commands that use tables alone, such as `token create`): on a current
+     * database they cost one advisory lock and two catalog checks instead of rewriting every function, which made
+     * minting tokens in bulk wait on each other's rewrites. */
+    MX_MIGRATE_SCHEMA,
+} mx_migrate_scope_t;
+
 /**
- * Applies pending migrations, then the function files. Returns the number of migrations applied, or -1 with a reason
- * in `err` (an applied migration whose text changed is named there, with both checksums).
+ * Applies pending migrations, then the function files as `scope` says. Returns the number of migrations applied, or
+ * -1 with a reason in `err` (an applied migration whose text changed is named there, with both checksums).
  */
-int mx_migrate(PGconn *conn, char *err, size_t errlen) __attribute__((warn_unused_result));
+int mx_migrate(PGconn *conn, mx_migrate_scope_t scope, char *err, size_t errlen) __attribute__((warn_unused_result));
 
 #endif

@@ -180,7 +180,7 @@ failed:
     return -1;
 }
 
-int mx_migrate(PGconn *conn, char *err, size_t errlen)
+int mx_migrate(PGconn *conn, mx_migrate_scope_t scope, char *err, size_t errlen)
 {
     char why[400];
     PGresult *applied = NULL;
@@ -222,8 +222,8 @@ int mx_migrate(PGconn *conn, char *err, size_t errlen)
         mx_warn("migrations: this database has migration %s, which this mxkeysd does not know: it was upgraded by a "
                 "newer mxkeysd, whose SQL functions are left in place",
                 unknown);
-    } else if (apply_functions(conn, err, errlen) != 0) {
-        goto failed_reported;
+    } else if ((scope == MX_MIGRATE_ALL || count > 0) && apply_functions(conn, err, errlen) != 0) {
+        goto failed_reported; /* a migration always brings this binary's functions with it: they go together */
     }
     PQclear(applied);
     if (run(conn, "SELECT pg_advisory_unlock(" MIGRATION_LOCK_KEY ")", 0, NULL, why, sizeof(why)) != 0) {

@@ -327,3 +327,29 @@ def test_a_database_from_a_newer_mxkeysd_keeps_its_functions(pg, mxkeysd_path):
     db.psql("DELETE FROM schema_migrations WHERE name = '999_from_the_future.sql'")
     migrate(mxkeysd_path, db)
     assert db.psql("SELECT mx_device_stream_position()") == "0", "without it, the files win again"
+
+
+def cli(mxkeysd_path, db, *args):
+    r = subprocess.run([mxkeysd_path, *args, "--database-url", db.conninfo], capture_output=True, text=True,
+                       timeout=60, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, f"{args}: {r.stderr}"
+    return r
+
+
+def test_token_commands_rewrite_the_functions_only_along_with_a_migration(pg, mxkeysd_path, fresh):
+    """`token create` and `token revoke` use one table: on a current database they leave the functions as they are
+    (rewriting them every call made bulk minting queue on the migration lock); a migration they apply brings the
+    functions with it; every start and `mxkeysd migrate` make the files the definition again."""
+    db = Database(pg, "tokens")
+    token = cli(mxkeysd_path, db, "token", "create", "--user", "@t:localhost", "--device", "D").stdout.strip()
+    assert db.functions() == fresh.functions(), "the first command on an empty database migrates, functions too"
+
+    db.psql("CREATE OR REPLACE FUNCTION mx_device_stream_position() RETURNS bigint LANGUAGE sql STABLE "
+            "AS $$ SELECT 42::bigint $$;")
+    cli(mxkeysd_path, db, "token", "create", "--user", "@t:localhost", "--device", "E")
+    cli(mxkeysd_path, db, "token", "revoke", token)
+    assert db.psql("SELECT mx_device_stream_position()") == "42", "the token commands left the function alone"
+    assert db.psql("SELECT count(*) FROM access_tokens") == "1"
+
+    migrate(mxkeysd_path, db)
+    assert db.functions() == fresh.functions(), "mxkeysd migrate put the file's definition back"
