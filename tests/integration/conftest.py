@@ -270,7 +270,10 @@ def workdir():
     d = tempfile.mkdtemp(prefix="mxkeys-test-", dir="/tmp")
     os.chmod(d, 0o755)
     yield d
-    shutil.rmtree(d, ignore_errors=True)
+    if os.environ.get("MXKEYS_TEST_KEEP_WORKDIR"):  # the servers' logs, to read after a failure
+        print(f"\nmxkeysd logs kept in {d}")
+    else:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 _started_servers = []

@@ -94,7 +94,7 @@ events {{
 }}
 
 http {{
-    log_format upstream '$remote_addr "$request" $status $body_bytes_sent $request_time '
+    log_format upstream '$msec $remote_addr "$request" $status $body_bytes_sent $request_time '
                         'upstream=$upstream_addr status=$upstream_status time=$upstream_response_time';
     access_log {prefix}/access.log upstream;
     client_body_temp_path {prefix}/tmp/client_body;

@@ -37,8 +37,9 @@ import tempfile
 import time
 
 import requests
-from nio import (AsyncClient, AsyncClientConfig, EnableEncryptionBuilder, JoinResponse, KeysUploadResponse,
-                 LoginResponse, MegolmEvent, RoomCreateResponse, RoomMessageText, RoomPreset, RoomSendResponse)
+from nio import (AsyncClient, AsyncClientConfig, EnableEncryptionBuilder, JoinResponse, KeysQueryError,
+                 KeysQueryResponse, KeysUploadResponse, LoginResponse, MegolmEvent, RoomCreateResponse,
+                 RoomMessageText, RoomPreset, RoomSendResponse, SyncResponse)
 
 STEP_TIMEOUT = 20.0  # seconds any one step may take
 CLIENT_PREFIX = "/_matrix/client/v3"
@@ -63,10 +64,13 @@ class Client:
         self.undecryptable = []  # (room_id, event_id)
         self.uploads = []  # (monotonic time, one_time_key_counts)
         self.sync_errors = []
+        self.key_events = []  # (monotonic time, what): device-list changes seen and key queries answered
         self.task = None
         self.nio.add_event_callback(self._on_text, RoomMessageText)
         self.nio.add_event_callback(self._on_megolm, MegolmEvent)
         self.nio.add_response_callback(self._on_upload, KeysUploadResponse)
+        self.nio.add_response_callback(self._on_sync, SyncResponse)
+        self.nio.add_response_callback(self._on_query, (KeysQueryResponse, KeysQueryError))
 
     def _on_text(self, room, event):
         self.texts.append((room.room_id, event.event_id, event.sender, event.body))
@@ -76,6 +80,18 @@ class Client:
 
     def _on_upload(self, response):
         self.uploads.append((time.monotonic(), response.signed_curve25519_count))
+
+    def _on_sync(self, response):
+        if response.device_list.changed or response.device_list.left:
+            self.key_events.append((time.monotonic(), f"sync: changed {sorted(response.device_list.changed)} "
+                                                      f"left {sorted(response.device_list.left)}"))
+
+    def _on_query(self, response):
+        if isinstance(response, KeysQueryError):
+            self.key_events.append((time.monotonic(), f"query failed: {response.message}"))
+        else:
+            self.key_events.append((time.monotonic(), "query: " + ", ".join(
+                f"{u} {sorted(d)}" for u, d in sorted(response.device_keys.items()))))
 
     @property
     def device_id(self):
@@ -129,7 +145,11 @@ async def until(predicate, timeout, what, clients=()):
         if time.monotonic() > deadline:
             seen = "; ".join(f"{c.user_id}/{c.device_id}: texts={[t[3] for t in c.texts]} "
                              f"undecryptable={len(c.undecryptable)}" for c in clients)
-            raise ScenarioError(f"timed out after {timeout:.0f} s waiting for {what} ({seen})")
+            # what each client learnt about devices, for a failure that happens only once in a while
+            now = time.monotonic()
+            keys = "\n".join(f"  {c.user_id}/{c.device_id} {now - t:.2f} s ago: {e}"
+                              for c in clients for t, e in c.key_events[-12:])
+            raise ScenarioError(f"timed out after {timeout:.0f} s waiting for {what} ({seen})\n{keys}")
         await asyncio.sleep(0.05)
 
 
