@@ -6,9 +6,9 @@ over HTTP to base_url). Every await is bounded; a step that does not happen in t
 AssertionError) saying which step, with what the clients saw so far. Each scenario returns a dict describing what
 happened, for the tests to assert on. Run one with asyncio.run(conversation(url, hs)).
 
-Clients are nio AsyncClients with encryption enabled, AsyncClientConfig(encryption_enabled=True,
-store_sync_tokens=True), a fresh temp store directory each, driven by nio's own sync_forever loop (which uploads,
-queries and claims keys by nio's own logic from what /sync says).
+Clients are nio AsyncClients (NioClient: one race of nio's own worked around, see there) with encryption enabled,
+AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True), a fresh temp store directory each, driven by nio's
+own sync_forever loop (which uploads, queries and claims keys by nio's own logic from what /sync says).
 
 conversation(base_url, hs, timeout=STEP_TIMEOUT) -> {
     "room_id", "alice", "bob", "alice_device", "bob_devices": [bob1, bob2],
@@ -49,6 +49,33 @@ class ScenarioError(AssertionError):
     pass
 
 
+class NioClient(AsyncClient):
+    """matrix-nio 0.20 as it is, but for one client bug that no server can prevent. Its sync_forever sends /sync beside
+    /keys/query, and when the query's answer comes it marks every user in it up to date, even a user whose
+    device_lists.changed arrived (in that concurrent /sync) while the query was in flight. That later change is lost
+    and the user is never queried again: with the query's answer held back 1.5 s, alice's client never learnt bob's
+    second device (the query had gone out on the announcement of bob's login, before the device had keys), and that
+    happened by itself about once in three CI runs. This client keeps such a user marked for the next query, as
+    matrix-js-sdk and the Rust SDK do. A server that answers a query made after a change with the state before it
+    still fails every scenario."""
+
+    _changed_in_flight = None  # users whose device_lists.changed arrived while a /keys/query was out
+
+    async def receive_response(self, response):
+        await super().receive_response(response)
+        if self._changed_in_flight is not None and isinstance(response, SyncResponse):
+            self._changed_in_flight.update(response.device_list.changed)
+
+    async def keys_query(self):
+        self._changed_in_flight = set()
+        try:
+            return await super().keys_query()
+        finally:
+            changed, self._changed_in_flight = self._changed_in_flight, None
+            if changed and self.olm is not None:
+                self.olm.users_for_key_query.update(changed)
+
+
 class Client:
     """One nio client (one device) with what it saw: decrypted texts, undecryptable events, key uploads."""
 
@@ -59,7 +86,7 @@ class Client:
         self.sync_timeout_ms = sync_timeout_ms
         self.store = tempfile.mkdtemp(prefix="nio-store-")
         cfg = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=True, request_timeout=30, max_timeouts=3)
-        self.nio = AsyncClient(base_url, user_id, store_path=self.store, config=cfg)
+        self.nio = NioClient(base_url, user_id, store_path=self.store, config=cfg)
         self.texts = []  # (room_id, event_id, sender, body)
         self.undecryptable = []  # (room_id, event_id)
         self.uploads = []  # (monotonic time, one_time_key_counts)
