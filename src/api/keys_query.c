@@ -106,7 +106,7 @@ static void on_cached(mx_call_t *call, const char *answer, size_t len)
 static void query_local(mx_call_t *call)
 {
     query_t *q = call->data;
-    if (mx_keys_query_cached(call, q->wanted, on_cached))
+    if (mx_keys_query_cached(call, json_object_get(call->body, "device_keys"), on_cached))
         return;
     const char *params[2] = {call->user_id, q->wanted};
     mx_db_stmt_t stmt = {.id = mx_mirror_enabled(call) ? MX_STMT_KEYS_QUERY_SETTLED : MX_STMT_KEYS_QUERY,

@@ -9,6 +9,7 @@
 #include "mxkeys/canonical_json.h"
 #include "mxkeys/identity_mirror.h"
 #include "mxkeys/keys_query_cache.h"
+#include "mxkeys/matrix_ids.h"
 #include "mxkeys/query_cache.h"
 
 typedef struct st_wanted_user_t {
@@ -162,37 +163,31 @@ static void run(mx_call_t *call)
     (void)mx_call_db(call, &stmt, 1, on_parts);
 }
 
-bool mx_keys_query_cached(mx_call_t *call, const char *wanted_json, mx_keys_query_local_cb done)
+bool mx_keys_query_cached(mx_call_t *call, const json_t *requested, mx_keys_query_local_cb done)
 {
-    if (call->worker->server->query_cache == NULL)
+    if (call->worker->server->query_cache == NULL || !json_is_object(requested))
         return false;
-    json_t *wanted = json_loads(wanted_json, 0, NULL);
-    if (!json_is_object(wanted)) {
-        json_decref(wanted);
-        return false;
-    }
+    const char *server_name = call->config->server_name;
     cached_query_t *cq = mx_call_alloc(call, sizeof(*cq));
     memset(cq, 0, sizeof(*cq));
     cq->done = done;
-    cq->nusers = json_object_size(wanted);
-    cq->users = mx_call_alloc(call, (cq->nusers ? cq->nusers : 1) * sizeof(*cq->users));
-    size_t i = 0;
+    cq->users =
+        mx_call_alloc(call, (json_object_size(requested) ? json_object_size(requested) : 1) * sizeof(*cq->users));
     const char *user;
     json_t *devices;
-    json_object_foreach(wanted, user, devices)
+    json_object_foreach((json_t *)requested, user, devices)
     {
-        wanted_user_t *w = &cq->users[i++];
+        if (strcmp(mx_user_id_server(user), server_name) != 0)
+            continue; /* another server's user: answered in `failures`, or asked of the homeserver */
+        wanted_user_t *w = &cq->users[cq->nusers++];
         memset(w, 0, sizeof(*w));
+        w->user = user;
         w->len = strlen(user);
-        w->user = mx_call_strdup(call, user, w->len);
         w->ndevices = json_array_size(devices);
         w->devices = mx_call_alloc(call, (w->ndevices ? w->ndevices : 1) * sizeof(*w->devices));
-        for (size_t d = 0; d < w->ndevices; d++) {
-            json_t *id = json_array_get(devices, d);
-            w->devices[d] = mx_call_strdup(call, json_string_value(id), json_string_length(id));
-        }
+        for (size_t d = 0; d < w->ndevices; d++)
+            w->devices[d] = json_string_value(json_array_get(devices, d));
     }
-    json_decref(wanted);
     for (int m = 0; m < 4; m++)
         cq->maps[m] = mx_call_buf(call);
     *(cached_query_t **)call->data = cq;
