@@ -55,9 +55,9 @@ class NioClient(AsyncClient):
     device_lists.changed arrived (in that concurrent /sync) while the query was in flight. That later change is lost
     and the user is never queried again: with the query's answer held back 1.5 s, alice's client never learnt bob's
     second device (the query had gone out on the announcement of bob's login, before the device had keys), and that
-    happened by itself about once in three CI runs. This client keeps such a user marked for the next query, as
-    matrix-js-sdk and the Rust SDK do. A server that answers a query made after a change with the state before it
-    still fails every scenario."""
+    happened by itself about once in three CI runs. This client keeps such a user marked for the next query, as a
+    client must. A server that answers a query made after a change with the state before it still fails every
+    scenario."""
 
     _changed_in_flight = None  # users whose device_lists.changed arrived while a /keys/query was out
 
