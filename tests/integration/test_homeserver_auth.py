@@ -33,7 +33,9 @@ class FakeHomeserver:
         self.delay = 0.0
         self.fail_with = None
         self.requests = []  # (path, authorization header) per request
-        self.connections = 0
+        self.connections = 0  # accepted in all
+        self.open = 0  # open right now
+        self.max_open = 0
         self.active = 0  # requests being answered right now
         self.max_active = 0
         self.lock = threading.Lock()
@@ -49,6 +51,13 @@ class FakeHomeserver:
                 super().setup()
                 with outer.lock:
                     outer.connections += 1
+                    outer.open += 1
+                    outer.max_open = max(outer.max_open, outer.open)
+
+            def finish(self):
+                with outer.lock:
+                    outer.open -= 1
+                super().finish()
 
             def do_GET(self):
                 auth = self.headers.get("Authorization", "")
@@ -397,7 +406,8 @@ def test_whoami_requests_in_flight_are_capped_per_worker(mxkeys, hs):
     assert [r.json()["user_id"] for r in answers] == [f"@cap{i}:hs.example" for i in range(n)]
     assert hs.hits == n
     assert hs.max_active <= 64, f"{hs.max_active} whoami requests were in flight at once"
-    assert hs.connections <= 64
+    # the cap is on connections open at once: once in CI (ASan) 73 were accepted in all, some replacing others
+    assert hs.max_open <= 64, f"{hs.max_open} connections were open at once ({hs.connections} in all)"
 
 
 def test_keep_alive_connections_to_the_homeserver_are_reused(mxkeys, hs):
