@@ -171,8 +171,8 @@ bool mx_keys_query_cached(mx_call_t *call, const json_t *requested, mx_keys_quer
     cached_query_t *cq = mx_call_alloc(call, sizeof(*cq));
     memset(cq, 0, sizeof(*cq));
     cq->done = done;
-    cq->users =
-        mx_call_alloc(call, (json_object_size(requested) ? json_object_size(requested) : 1) * sizeof(*cq->users));
+    size_t asked = json_object_size(requested); /* at most this many are local */
+    cq->users = mx_call_alloc(call, (asked ? asked : 1) * sizeof(*cq->users));
     const char *user;
     json_t *devices;
     json_object_foreach((json_t *)requested, user, devices)
